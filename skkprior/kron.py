@@ -29,7 +29,8 @@ that is not positive definite where one is required raises a ``ValueError``.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+import warnings
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -42,7 +43,12 @@ _Weight = float | torch.Tensor
 
 
 def _cholesky(matrix: torch.Tensor, name: str) -> torch.Tensor:
-    """Lower Cholesky factor in float64, or a ``ValueError`` naming the factor."""
+    """Lower Cholesky factor in float64, or a ``ValueError`` naming the factor.
+
+    The factor is checked for symmetry first: a Cholesky decomposition reads only the lower
+    triangle, so a non-symmetric factor would otherwise give silently wrong results.
+    """
+    _check_symmetric(matrix, name)
     chol, info = torch.linalg.cholesky_ex(matrix.to(torch.float64))
     if int(info) != 0:
         raise ValueError(
@@ -57,12 +63,21 @@ def _cholesky(matrix: torch.Tensor, name: str) -> torch.Tensor:
     return chol
 
 
-def _check_symmetric(matrix: torch.Tensor, name: str, rtol: float = 1e-8) -> None:
+def _check_symmetric(matrix: torch.Tensor, name: str, rtol: float | None = None) -> None:
+    """Raise a ``ValueError`` naming ``name`` when ``matrix`` is not symmetric.
+
+    The tolerance is relative to the largest entry: ``1e-8`` in float64, ``1000 eps`` in lower
+    precisions (a float32 ``X^T X`` is symmetric only to rounding).
+    """
+    if rtol is None:
+        eps = torch.finfo(matrix.dtype).eps if matrix.is_floating_point() else 0.0
+        rtol = max(1e-8, 1000.0 * eps)
     scale = float(matrix.abs().max()) if matrix.numel() else 0.0
-    asym = float((matrix - matrix.T).abs().max()) if matrix.numel() else 0.0
+    asym = float((matrix - matrix.mT).abs().max()) if matrix.numel() else 0.0
     if asym > rtol * max(scale, 1e-300):
         raise ValueError(
-            error_message(name, "symmetric", f"a matrix with max |M - M^T| = {asym:.3g}",
+            error_message(name, "symmetric", f"a matrix with max |M - M^T| = {asym:.3g} "
+                          f"(largest entry {scale:.3g})",
                           "Symmetrize it with (M + M.T) / 2.")
         )
 
@@ -71,12 +86,26 @@ def _as_weight(value: _Weight, name: str) -> _Weight:
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(error_message(name, "a scalar", value))
+        if not value.is_floating_point():
+            raise TypeError(error_message(name, "a floating-point scalar", value,
+                                          "Pass a float or a floating-point tensor."))
         if not bool(torch.isfinite(value.detach()).all()):
             raise ValueError(error_message(name, "finite", value))
         return value.reshape(())
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(error_message(name, "a finite real number", value))
     return float(value)
+
+
+def _check_scalar(value: Any, name: str) -> None:
+    """A finite real number or a one-element floating-point tensor (for scaling)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(error_message(name, "a real scalar or a one-element floating-point tensor",
+                                           value, "Scale by a Python float or a 0-d tensor."))
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(error_message(name, "a finite real number", value))
 
 
 class Kron:
@@ -131,11 +160,23 @@ class Kron:
                  device: torch.device | str | None = None) -> "Kron":
         """The identity ``I_n (x) I_m``.
 
+        Parameters
+        ----------
+        n, m : int
+            Sizes of the output and input factor (positive).
+        dtype : torch.dtype, default=torch.float64
+            Floating-point dtype of the factors.
+        device : torch.device or str, optional
+            Device of the factors.
+
         Examples
         --------
         >>> Kron.identity(2, 3).shape
         (6, 6)
         """
+        for value, name in ((n, "n of Kron.identity"), (m, "m of Kron.identity")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(error_message(name, "a positive int", value))
         return cls(torch.eye(n, dtype=dtype, device=device), torch.eye(m, dtype=dtype, device=device))
 
     # -- shape and placement ------------------------------------------------------------
@@ -229,9 +270,18 @@ class Kron:
         return torch.linalg.matrix_norm(self.G) * torch.linalg.matrix_norm(self.A)
 
     def __mul__(self, scalar: _Number | torch.Tensor) -> "Kron":
-        """Scaling: ``c (G (x) A) = (c G) (x) A``."""
-        if isinstance(scalar, Kron):
+        """Scaling: ``c (G (x) A) = (c G) (x) A``.
+
+        Examples
+        --------
+        >>> float((3.0 * Kron.identity(2, 2)).trace())
+        12.0
+        """
+        if isinstance(scalar, (Kron, KronSum, KronDecomposed)):
             return NotImplemented
+        _check_scalar(scalar, "the scale factor of a Kron")
+        if isinstance(scalar, torch.Tensor):
+            scalar = scalar.reshape(()).to(self.G.dtype)
         return Kron(self.G * scalar, self.A)
 
     __rmul__ = __mul__
@@ -247,20 +297,27 @@ class Kron:
         return NotImplemented
 
 
-def _check_same_shape(a: Kron, b: Kron) -> None:
+def _check_same_shape(a: Kron, b: Kron, what: str = "the two Kronecker products") -> None:
     if a.n != b.n or a.m != b.m:
         raise ValueError(
-            error_message("the two Kronecker products", "of the same factor sizes",
-                          f"(n, m) = {(a.n, a.m)} and {(b.n, b.m)}")
+            error_message(what, "of the same factor sizes",
+                          f"(n, m) = {(a.n, a.m)} and {(b.n, b.m)}",
+                          "Every Kronecker product must act on the same (n, m) parameter matrix.")
         )
 
 
 def _check_matrix_operand(X: torch.Tensor, n: int, m: int, name: str) -> None:
-    if not isinstance(X, torch.Tensor) or X.ndim < 2 or tuple(X.shape[-2:]) != (n, m):
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(error_message(name, "a torch.Tensor", type(X).__name__,
+                                      "Convert it with torch.as_tensor(...)."))
+    if X.ndim < 2 or tuple(X.shape[-2:]) != (n, m):
         raise ValueError(
             error_message(name, f"a tensor of shape (..., {n}, {m}) (a parameter matrix)", X,
                           "Reshape the row-major parameter vector with .reshape(n, m).")
         )
+    if not X.is_floating_point():
+        raise TypeError(error_message(name, "a floating-point tensor", X,
+                                      "Convert it with .double() or .float()."))
 
 
 class KronSum:

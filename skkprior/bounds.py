@@ -79,6 +79,7 @@ __all__ = [
 MIN_N_MAURER = 8
 
 _MAX_NEWTON = 200
+_ROUND_UP_MARGIN = 32.0 * 2.0**-52
 _BOUND_NAMES = ("kl", "mcallester", "catoni")
 _PROTOCOLS = ("certificate", "paper")
 _FORMAT_VERSION = 1
@@ -126,20 +127,36 @@ def _check_C(C: Any, name: str = "C (Catoni constant)") -> float:
 
 
 # -- the binary KL and its inverse ----------------------------------------------------------
+def _log1p_minus_x(x: float) -> float:
+    """``log1p(x) - x`` without cancellation for small ``|x|`` (alternating series)."""
+    if abs(x) >= 1e-2:
+        return math.log1p(x) - x
+    total, term = 0.0, x
+    for k in range(2, 12):
+        term *= -x
+        total += term / k
+    return total
+
+
 def _kl_unchecked(q: float, p: float) -> float:
-    """Binary KL in float64 with ``0 ln 0 = 0``; log1p forms keep precision for ``p`` near ``q``."""
-    out = 0.0
-    if q > 0.0:
-        if p <= 0.0:
-            return math.inf
-        d = p - q
-        out += -q * math.log1p(d / q) if abs(d) < 0.5 * q else q * math.log(q / p)
-    if q < 1.0:
-        if p >= 1.0:
-            return math.inf
-        d = p - q
-        out += (1.0 - q) * (math.log1p(d / (1.0 - p)) if abs(d) < 0.5 * (1.0 - p)
-                            else math.log((1.0 - q) / (1.0 - p)))
+    """Binary KL in float64 with ``0 ln 0 = 0``, accurate for ``p`` near ``q`` too."""
+    if q == 0.0:
+        return math.inf if p >= 1.0 else -math.log1p(-p)
+    if q == 1.0:
+        return math.inf if p <= 0.0 else -math.log(p)
+    if p <= 0.0 or p >= 1.0:
+        return math.inf
+    # u = (p - q) / q and v = (p - q) / (1 - p): q / p = 1 / (1 + u), (1 - q) / (1 - p) = 1 + v
+    d = p - q
+    u, v = d / q, d / (1.0 - p)
+    if abs(u) < 0.5 and abs(v) < 0.5:
+        # kl = -q log1p(u) + (1 - q) log1p(v)
+        #    = d^2 / (1 - p) - q (log1p(u) - u) + (1 - q) (log1p(v) - v), free of cancellation
+        out = d * d / (1.0 - p) - q * _log1p_minus_x(u) + (1.0 - q) * _log1p_minus_x(v)
+    else:
+        # log1p where it is accurate, a difference of logs where it cannot cancel or overflow
+        out = -q * math.log1p(u) if -0.5 < u <= 1.0 else q * (math.log(q) - math.log(p))
+        out += (1.0 - q) * (math.log1p(v) if v > -0.5 else math.log((1.0 - q) / (1.0 - p)))
     return max(out, 0.0)
 
 
@@ -204,8 +221,8 @@ def _kl_inv_unchecked(q: float, c: float) -> float:
         return q
     if math.isinf(c):
         return 1.0
-    if q == 0.0:
-        return min(1.0, -math.expm1(-c))
+    if q == 0.0:  # closed form, kl(0 || p) = -ln(1 - p)
+        return _round_up_to_root(q, -math.expm1(-c), c)
     # Two upper bounds on the root, so Newton starts on its right:
     # Pinsker, kl(q || p) >= 2 (p - q)^2; and (1 - q) ln(1 / (1 - p)) = c + H(q) + q ln p <= c + H(q).
     p = min(q + math.sqrt(0.5 * c), -math.expm1(-(c + _entropy(q)) / (1.0 - q)))
@@ -222,10 +239,20 @@ def _kl_inv_unchecked(q: float, c: float) -> float:
         if not nxt < p:
             break
         p = nxt
-    # Rounding in the last step may land a few ulps left of the root: move right until the
-    # computed divergence reaches c, so the result stays an upper bound.
+    return _round_up_to_root(q, p, c)
+
+
+def _round_up_to_root(q: float, p: float, c: float) -> float:
+    """Move ``p`` right by a few ulps until the computed ``kl(q || p)`` exceeds ``c`` safely.
+
+    Rounding in the closed form or the last Newton step may land a few ulps left of the root.
+    Requiring ``kl(q || p) >= c (1 + 32 eps)``, a margin larger than the rounding error of
+    :func:`_kl_unchecked`, keeps the result an upper bound on the exact inverse; it moves
+    ``p`` by a relative ``1e-14`` at most.
+    """
+    target = c * (1.0 + _ROUND_UP_MARGIN)
     gap = math.ulp(p)
-    while _kl_unchecked(q, p) < c and p < 1.0:
+    while p < 1.0 and _kl_unchecked(q, p) < target:
         p = min(1.0, p + gap)
         gap *= 2.0
     return min(p, 1.0)
@@ -245,8 +272,8 @@ def kl_inv(q: float, c: float) -> float:
     -------
     float
         :math:`\mathrm{kl}^{-1}(q, c) = \max\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}`,
-        accurate to about ``1e-15`` and never below the exact value by more than rounding in
-        the evaluation of ``kl``; 1.0 when the bound is vacuous (the root rounds to 1).
+        within about ``1e-15`` of the exact value and never below it; 1.0 when the bound is
+        vacuous (the root rounds to 1).
 
     Raises
     ------
@@ -261,12 +288,14 @@ def kl_inv(q: float, c: float) -> float:
     smaller of two upper bounds, Pinsker's :math:`q + \sqrt{c/2}` and
     :math:`1 - \exp(-(c + H(q)) / (1 - q))` (drop :math:`q \ln p \le 0` from the equation),
     which stays below 1 for large ``c``. At ``q = 0`` the closed form
-    :math:`1 - e^{-c}` is returned; ``c = 0`` gives ``q``. The computation is float64 scalar
-    arithmetic.
+    :math:`1 - e^{-c}` is used; ``c = 0`` gives ``q``. The result is finally moved right by
+    a few ulps if needed, until the computed ``kl(q || p)`` exceeds ``c`` by a relative
+    margin of 32 machine epsilons (more than the rounding error of ``kl``), so rounding never
+    puts it below the root. The computation is float64 scalar arithmetic.
 
     Examples
     --------
-    >>> kl_inv(0.0, 1.0) == -math.expm1(-1.0)
+    >>> abs(kl_inv(0.0, 1.0) - (1.0 - math.exp(-1.0))) < 1e-15
     True
     >>> p = kl_inv(0.1, 0.05)
     >>> round(p, 6), abs(kl(0.1, p) - 0.05) < 1e-14

@@ -328,15 +328,16 @@ class KronSum:
     terms : sequence of Kron
         The summands; all must share the factor sizes ``(n, m)``, dtype and device.
     weights : sequence of float or torch.Tensor, optional
-        One weight per term (default: all ones).
+        One weight per term (default: all ones). A tensor (or a list of 0-d tensors) that
+        requires gradients keeps them, also through :meth:`decompose`.
 
     Notes
     -----
     The inverse of a sum is not a Kronecker product. Two routes are offered:
 
     - :meth:`nearest`: the Frobenius-nearest single product (Van Loan and Pitsianis 1993),
-      solved exactly from the ``K x K`` Gram matrices ``<G_k, G_l>_F`` and ``<A_k, A_l>_F``;
-      :meth:`nearest_error` reports the relative Frobenius error from the same Gram matrices.
+      solved exactly from the ``K x K`` core of the rearrangement;
+      :meth:`nearest_error` reports the relative Frobenius error from the same core.
     - :meth:`decompose`: the exact joint-eigenbasis form of a two-term sum.
 
     Examples
@@ -350,24 +351,36 @@ class KronSum:
     True
     """
 
-    def __init__(self, terms: Sequence[Kron], weights: Sequence[_Number] | torch.Tensor | None = None) -> None:
+    def __init__(self, terms: Sequence[Kron], weights: Sequence[_Weight] | torch.Tensor | None = None) -> None:
+        if isinstance(terms, Kron) or not isinstance(terms, Sequence):
+            raise TypeError(error_message("terms of KronSum", "a sequence (list or tuple) of Kron",
+                                          type(terms).__name__, "Wrap a single term in a list."))
         terms = list(terms)
         if not terms or not all(isinstance(t, Kron) for t in terms):
-            raise ValueError(error_message("terms of KronSum", "a non-empty sequence of Kron", terms))
+            raise ValueError(error_message("terms of KronSum", "a non-empty sequence of Kron",
+                                           f"[{', '.join(type(t).__name__ for t in terms)}]"))
         first = terms[0]
         for t in terms[1:]:
-            _check_same_shape(first, t)
+            _check_same_shape(first, t, "terms of KronSum")
             if t.dtype != first.dtype or t.device != first.device:
                 raise ValueError(error_message("terms of KronSum", "of one dtype and device",
-                                               f"{first.dtype}/{first.device} and {t.dtype}/{t.device}"))
+                                               f"{first.dtype}/{first.device} and {t.dtype}/{t.device}",
+                                               "Move every term with .to(dtype=..., device=...)."))
         if weights is None:
             w = torch.ones(len(terms), dtype=first.dtype, device=first.device)
+        elif isinstance(weights, torch.Tensor):
+            w = weights.to(dtype=first.dtype, device=first.device).reshape(-1)
         else:
-            w = torch.as_tensor(weights, dtype=first.dtype, device=first.device).reshape(-1)
+            weights = list(weights)
+            if any(isinstance(x, torch.Tensor) for x in weights):
+                w = torch.stack([torch.as_tensor(x, dtype=first.dtype, device=first.device).reshape(())
+                                 for x in weights])
+            else:
+                w = torch.as_tensor(weights, dtype=first.dtype, device=first.device).reshape(-1)
         if w.numel() != len(terms):
             raise ValueError(error_message("weights of KronSum", f"{len(terms)} weights (one per term)",
                                            f"{w.numel()} weights"))
-        if not bool(torch.isfinite(w).all()):
+        if not bool(torch.isfinite(w.detach()).all()):
             raise ValueError(error_message("weights of KronSum", "finite", w))
         self.terms = terms
         self.weights = w
@@ -398,9 +411,35 @@ class KronSum:
     def __repr__(self) -> str:
         return f"KronSum(K={len(self)}, n={self.n}, m={self.m}, dtype={self.dtype})"
 
-    def to(self, *args, **kwargs) -> "KronSum":
+    def to(self, *args: Any, **kwargs: Any) -> "KronSum":
         """Move or cast every term and the weights."""
         return KronSum([t.to(*args, **kwargs) for t in self.terms], self.weights.to(*args, **kwargs))
+
+    def __add__(self, other: "Kron | KronSum") -> "KronSum":
+        """Concatenate the terms (a :class:`Kron` enters with weight one).
+
+        Examples
+        --------
+        >>> len(KronSum([Kron.identity(2, 2)]) + Kron.identity(2, 2))
+        2
+        """
+        if isinstance(other, Kron):
+            other = KronSum([other])
+        if not isinstance(other, KronSum):
+            return NotImplemented
+        return KronSum([*self.terms, *other.terms],
+                       torch.cat([self.weights, other.weights.to(self.weights.dtype)]))
+
+    def __mul__(self, scalar: _Number | torch.Tensor) -> "KronSum":
+        """Scaling multiplies every weight."""
+        if isinstance(scalar, (Kron, KronSum, KronDecomposed)):
+            return NotImplemented
+        _check_scalar(scalar, "the scale factor of a KronSum")
+        if isinstance(scalar, torch.Tensor):
+            scalar = scalar.reshape(())
+        return KronSum(self.terms, self.weights * scalar)
+
+    __rmul__ = __mul__
 
     def to_dense(self) -> torch.Tensor:
         """The dense ``(n m) x (n m)`` matrix."""
@@ -408,6 +447,7 @@ class KronSum:
 
     def matmul(self, X: torch.Tensor) -> torch.Tensor:
         """``sum_k w_k G_k X A_k^T`` for ``X`` of shape ``(..., n, m)``."""
+        _check_matrix_operand(X, self.n, self.m, "X")
         return sum(w.to(X.dtype) * t.matmul(X) for w, t in zip(self.weights, self.terms))
 
     def quadratic(self, X: torch.Tensor) -> torch.Tensor:
@@ -425,62 +465,79 @@ class KronSum:
         va = torch.stack([t.A.reshape(-1) for t in self.terms]).to(torch.float64)
         return vg @ vg.T, va @ va.T
 
-    def _nearest_gram(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Coefficients ``c, d`` with ``G = sum c_k G_k``, ``A = sum d_k A_k``, and the singular values.
+    def _rearrangement_core(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Thin QR factors and the small core of the Van Loan-Pitsianis rearrangement.
 
-        The Van Loan-Pitsianis rearrangement is ``R = V_G^T W V_A`` with ``V_G`` the stacked
-        ``vec(G_k)`` (K x n^2), ``V_A`` likewise and ``W = diag(w)``. With the eigen
-        decompositions ``V_G V_G^T = Q_G L_G Q_G^T`` (and for A), ``V_G^T = U_G L_G^(1/2) Q_G^T``
-        with orthonormal ``U_G``, so the singular values of ``R`` are those of the small core
-        ``L_G^(1/2) Q_G^T W Q_A L_A^(1/2)``.
+        The rearrangement is ``R = sum_k w_k vec(G_k) vec(A_k)^T = V_G W V_A^T`` with
+        ``V_G = [vec(G_1), ..., vec(G_K)]`` (``n^2 x K``). With thin QR ``V_G = Q_G R_G``
+        (``R_G^T R_G`` is the Gram matrix ``<G_k, G_l>_F``), ``R = Q_G (R_G W R_A^T) Q_A^T``, so
+        the singular triplets of ``R`` are those of the ``K x K`` core rotated by ``Q_G, Q_A``.
+        The QR works on the square root of the Gram matrix and so keeps its full float64
+        accuracy when the terms differ by many orders of magnitude.
         """
-        gram_g, gram_a = self.gram()
         w = self.weights.to(torch.float64)
-        lg, qg = torch.linalg.eigh(gram_g)
-        la, qa = torch.linalg.eigh(gram_a)
-        keep_g = lg > lg.max().clamp_min(0) * 1e-13 * len(self)
-        keep_a = la > la.max().clamp_min(0) * 1e-13 * len(self)
-        lg, qg, la, qa = lg[keep_g], qg[:, keep_g], la[keep_a], qa[:, keep_a]
-        sg, sa = lg.sqrt(), la.sqrt()
-        core = (sg[:, None] * (qg.T @ (w[:, None] * qa))) * sa[None, :]
-        p, sigma, rt = torch.linalg.svd(core, full_matrices=False)
-        # vec(G) = sqrt(s1) U_G p1 = sqrt(s1) V_G^T Q_G L_G^(-1/2) p1.
-        root = sigma[0].sqrt()
-        c = root * (qg @ (p[:, 0] / sg))
-        d = root * (qa @ (rt[0, :] / sa))
-        return c, d, sigma
+        vg = torch.stack([t.G.reshape(-1) for t in self.terms], dim=1).to(torch.float64)
+        va = torch.stack([t.A.reshape(-1) for t in self.terms], dim=1).to(torch.float64)
+        qg, rg = torch.linalg.qr(vg)
+        qa, ra = torch.linalg.qr(va)
+        return qg, qa, (rg * w) @ ra.T
+
+    def _symmetric_terms(self) -> bool:
+        return all(torch.equal(t.G, t.G.mT) and torch.equal(t.A, t.A.mT) for t in self.terms)
 
     def nearest(self, method: Literal["gram", "power"] = "gram", *, tol: float = 1e-12,
-                max_iter: int = 500) -> Kron:
+                max_iter: int = 1000) -> Kron:
         """The Frobenius-nearest single Kronecker product ``G (x) A``.
 
         Parameters
         ----------
         method : {"gram", "power"}, default="gram"
-            ``"gram"``: exact, from the ``K x K`` Gram matrices (cost ``O(K^2 (n^2 + m^2))``).
+            ``"gram"``: exact, from the rank-``K`` structure of the rearrangement (a thin QR of
+            the stacked ``vec(G_k)`` and ``vec(A_k)``, whose ``R`` factors are the square roots
+            of the ``K x K`` Gram matrices, and an SVD of the ``K x K`` core; cost
+            ``O(K^2 (n^2 + m^2))``).
             ``"power"``: the alternating power iteration
             ``G <- sum_k w_k <A_k, A> G_k``, ``A <- sum_k w_k <G_k, G> A_k`` (cost
-            ``O(K (n^2 + m^2))`` per iteration), stopped when the relative change of ``G (x) A``
-            falls below ``tol``.
+            ``O(K (n^2 + m^2))`` per iteration), stopped when the Frobenius change of the
+            unit-norm factors (a bound on the relative change of ``G (x) A``) falls below ``tol``.
         tol : float, default=1e-12
             Tolerance of the power iteration.
-        max_iter : int, default=500
-            Iteration cap of the power iteration.
+        max_iter : int, default=1000
+            Iteration cap of the power iteration; reaching it warns (``RuntimeWarning``).
 
         Returns
         -------
         Kron
             Factors in float64 with equal Frobenius norms, signed so that ``tr(G) >= 0``
-            (positive definite when every summand and weight is positive).
+            (positive definite when every summand and weight is positive). When every factor
+            of every term is exactly symmetric, so are the returned factors.
+
+        Examples
+        --------
+        >>> import torch
+        >>> K = Kron(torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64)), Kron.identity(1, 3).A)
+        >>> S = KronSum([K, K], [1.0, 2.0])        # a sum that is one Kronecker product
+        >>> torch.allclose(S.nearest().to_dense(), S.to_dense())
+        True
+        >>> torch.allclose(S.nearest("power").to_dense(), S.to_dense())
+        True
         """
         if method == "gram":
-            c, d, _ = self._nearest_gram()
-            G = sum(ck * t.G.to(torch.float64) for ck, t in zip(c, self.terms))
-            A = sum(dk * t.A.to(torch.float64) for dk, t in zip(d, self.terms))
+            qg, qa, core = self._rearrangement_core()
+            p, sigma, rt = torch.linalg.svd(core, full_matrices=False)
+            root = sigma[0].sqrt()
+            G = (root * (qg @ p[:, 0])).reshape(self.n, self.n)
+            A = (root * (qa @ rt[0, :])).reshape(self.m, self.m)
         elif method == "power":
-            G, A = self._nearest_power(tol, max_iter)
+            if not (isinstance(tol, (int, float)) and tol > 0):
+                raise ValueError(error_message("tol of KronSum.nearest", "a positive float", tol))
+            if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+                raise ValueError(error_message("max_iter of KronSum.nearest", "a positive int", max_iter))
+            G, A = self._nearest_power(float(tol), max_iter)
         else:
             raise ValueError(error_message("method of KronSum.nearest", "'gram' or 'power'", method))
+        if self._symmetric_terms():
+            G, A = (G + G.mT) / 2, (A + A.mT) / 2
         if torch.trace(G) < 0:
             G, A = -G, -A
         return Kron(G, A)
@@ -489,28 +546,56 @@ class KronSum:
         w = self.weights.to(torch.float64)
         Gs = [t.G.to(torch.float64) for t in self.terms]
         As = [t.A.to(torch.float64) for t in self.terms]
-        A = sum(wk * Ak for wk, Ak in zip(w, As))
-        A = A / torch.linalg.matrix_norm(A).clamp_min(1e-300)
-        sigma_old = torch.zeros((), dtype=torch.float64, device=self.device)
+        norms_g = torch.stack([torch.linalg.matrix_norm(g) for g in Gs])
+        norms_a = torch.stack([torch.linalg.matrix_norm(a) for a in As])
+        # Start from the first half-step of the iteration with <G_k, G> = ||G_k||; fall back to
+        # the dominant term when that start cancels.
+        A = sum(wk * ng * Ak for wk, ng, Ak in zip(w, norms_g, As))
+        size = float(torch.linalg.matrix_norm(A))
+        if size <= 1e-12 * float((w.abs() * norms_g * norms_a).sum()):
+            A = As[int(torch.argmax(w.abs() * norms_g * norms_a))]
+            size = float(torch.linalg.matrix_norm(A))
+        if size == 0.0:
+            zero_g = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
+            return zero_g, torch.zeros(self.m, self.m, dtype=torch.float64, device=self.device)
+        A = A / size
+        G = torch.zeros(self.n, self.n, dtype=torch.float64, device=self.device)
         for _ in range(max_iter):
-            G = sum(wk * (Ak * A).sum() * Gk for wk, Ak, Gk in zip(w, As, Gs))
-            G = G / torch.linalg.matrix_norm(G).clamp_min(1e-300)
-            A = sum(wk * (Gk * G).sum() * Ak for wk, Ak, Gk in zip(w, As, Gs))
-            sigma = torch.linalg.matrix_norm(A)
-            A = A / sigma.clamp_min(1e-300)
-            if abs(float(sigma - sigma_old)) <= tol * float(sigma):
+            G_new = sum(wk * (Ak * A).sum() * Gk for wk, Ak, Gk in zip(w, As, Gs))
+            G_new = G_new / torch.linalg.matrix_norm(G_new).clamp_min(1e-300)
+            A_new = sum(wk * (Gk * G_new).sum() * Ak for wk, Ak, Gk in zip(w, As, Gs))
+            sigma = torch.linalg.matrix_norm(A_new)
+            A_new = A_new / sigma.clamp_min(1e-300)
+            change = float(torch.linalg.matrix_norm(G_new - G) + torch.linalg.matrix_norm(A_new - A))
+            G, A = G_new, A_new
+            if change <= tol:
                 break
-            sigma_old = sigma
+        else:
+            warnings.warn(
+                f"KronSum.nearest(method='power') did not converge in max_iter={max_iter} "
+                f"iterations (last change {change:.3g} > tol={tol:.3g}); the two leading "
+                "singular values are close. Use method='gram' (exact) or raise max_iter.",
+                RuntimeWarning, stacklevel=3,
+            )
         root = sigma.sqrt()
         return G * root, A * root
 
     def nearest_error(self) -> torch.Tensor:
-        """Relative Frobenius error ``||S - nearest()||_F / ||S||_F`` from the Gram matrices.
+        """Relative Frobenius error ``||S - nearest()||_F / ||S||_F`` from the ``K x K`` core.
 
         Computed as ``sqrt(sum_{i>=2} s_i^2 / sum_i s_i^2)`` over the singular values of the
         rearrangement, without forming any ``(n m) x (n m)`` matrix.
+
+        Examples
+        --------
+        >>> import torch
+        >>> eye = torch.eye(2, dtype=torch.float64)
+        >>> S = KronSum([Kron(eye, 2 * eye), Kron(2 * eye, eye)])   # 4 I, a Kronecker product
+        >>> float(S.nearest_error()) < 1e-12
+        True
         """
-        _, _, sigma = self._nearest_gram()
+        _, _, core = self._rearrangement_core()
+        sigma = torch.linalg.svdvals(core)
         total = (sigma ** 2).sum()
         if float(total) == 0.0:
             return torch.zeros((), dtype=torch.float64, device=self.device)
@@ -522,13 +607,22 @@ class KronSum:
 
         The second term must be positive definite (both factors), the first symmetric. The
         result represents ``beta (G_0 (x) A_0) + alpha (G_1 (x) A_1)`` with
-        ``beta, alpha = weights``; see :class:`KronDecomposed`.
+        ``beta, alpha = weights``; see :class:`KronDecomposed`. Weights that require gradients
+        stay differentiable.
 
         Raises
         ------
         ValueError
-            For three or more terms (use :meth:`nearest` to compress first), or a second term
-            that is not positive definite.
+            For three or more terms (use :meth:`nearest` to compress first), a factor that is
+            not symmetric, a second term that is not positive definite, or a sum that is not
+            positive definite.
+
+        Examples
+        --------
+        >>> import torch
+        >>> S = KronSum([Kron.identity(2, 3), Kron.identity(2, 3)], [1.0, 2.0]).decompose()
+        >>> round(float(S.logdet()), 6) == round(6 * float(torch.log(torch.tensor(3.0))), 6)
+        True
         """
         if len(self) != 2:
             raise ValueError(
@@ -539,16 +633,20 @@ class KronSum:
                     "and decompose the two-term sum nearest_part + remaining_term, or call nearest() alone.",
                 )
             )
-        return KronDecomposed.from_terms(self.terms[0], self.terms[1],
-                                         beta=self.weights[0].item(), alpha=self.weights[1].item())
+        beta, alpha = self.weights[0], self.weights[1]
+        return KronDecomposed.from_terms(
+            self.terms[0], self.terms[1],
+            beta=beta if beta.requires_grad else beta.item(),
+            alpha=alpha if alpha.requires_grad else alpha.item(),
+        )
 
 
 def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Joint eigenbasis: ``T^T first T = diag(D)``, ``T^T second T = I``; returns ``T, T^-1, D, logdet(second)``."""
-    first = first.to(torch.float64)
-    second = second.to(torch.float64)
     _check_symmetric(first, f"{name} of the first term")
     _check_symmetric(second, f"{name} of the second term")
+    first = first.to(torch.float64)
+    second = second.to(torch.float64)
     eye = torch.eye(first.shape[0], dtype=torch.float64, device=first.device)
     if torch.equal(second, eye):
         D, U = torch.linalg.eigh((first + first.T) / 2)
@@ -575,20 +673,26 @@ class KronDecomposed:
 
     Inverse, log-determinant, ``tr(K S^-1)``, quadratic forms and sampling are exact. The
     decomposition is computed once in float64 (``O(n^3 + m^3)``); :meth:`with_weights` gives the
-    form for new ``(beta, alpha)`` at ``O(1)``, and every evaluation then costs ``O(n m)``
-    elementwise work plus the ``n x n`` / ``m x m`` products that an operation needs.
-    ``beta`` and ``alpha`` may be tensors that require gradients (for tuning).
+    form for new ``(beta, alpha)`` without a new eigensolve, and :meth:`logdet` and
+    :meth:`trace_product` with ``term=`` then cost ``O(n m)`` elementwise work; products with a
+    matrix (:meth:`matmul`, :meth:`solve`, :meth:`sample_map`) cost the ``n x n`` / ``m x m``
+    matrix products they need. ``beta`` and ``alpha`` may be tensors that require gradients
+    (for tuning); without gradients, the eigenvalues ``Lambda`` and ``1 / Lambda`` are computed
+    once per instance and kept (an instance is immutable: ``beta`` and ``alpha`` are read-only).
 
     Build it with ``KronSum([K_1, K_2], [beta, alpha]).decompose()`` or :meth:`from_terms`.
+    Every result is float64, whatever the dtype of the operand.
 
     Attributes
     ----------
     T_G, T_A : torch.Tensor
         Joint eigenbases (float64).
+    T_G_inv, T_A_inv : torch.Tensor
+        Their inverses.
     D_G, D_A : torch.Tensor
         Generalized eigenvalues of the first term's factors (float64).
     beta, alpha : float or torch.Tensor
-        Weights of the first and second term.
+        Weights of the first and second term (read-only).
     logdet_second : torch.Tensor
         ``logdet(G_2 (x) A_2)``.
 
@@ -610,15 +714,39 @@ class KronDecomposed:
                  *, beta: _Weight, alpha: _Weight, logdet_second: torch.Tensor) -> None:
         self.T_G, self.T_G_inv, self.D_G = T_G, T_G_inv, D_G
         self.T_A, self.T_A_inv, self.D_A = T_A, T_A_inv, D_A
-        self.beta = _as_weight(beta, "beta (weight of the first term)")
-        self.alpha = _as_weight(alpha, "alpha (weight of the second term)")
+        self._beta = _as_weight(beta, "beta (weight of the first term)")
+        self._alpha = _as_weight(alpha, "alpha (weight of the second term)")
         self.logdet_second = logdet_second
+        self._lam: torch.Tensor | None = None
+        self._inv_lam: torch.Tensor | None = None
+
+    @property
+    def beta(self) -> _Weight:
+        """Weight of the first term (read-only; use :meth:`with_weights`)."""
+        return self._beta
+
+    @property
+    def alpha(self) -> _Weight:
+        """Weight of the second term (read-only; use :meth:`with_weights`)."""
+        return self._alpha
 
     @classmethod
     def from_terms(cls, first: Kron, second: Kron, *, beta: _Weight = 1.0,
                    alpha: _Weight = 1.0) -> "KronDecomposed":
-        """Decompose ``beta first + alpha second`` (``second`` positive definite)."""
-        _check_same_shape(first, second)
+        """Decompose ``beta first + alpha second`` (``second`` positive definite).
+
+        Examples
+        --------
+        >>> import torch
+        >>> S = KronDecomposed.from_terms(Kron.identity(2, 2), 2.0 * Kron.identity(2, 2), alpha=0.5)
+        >>> torch.allclose(S.to_dense(), 2.0 * torch.eye(4, dtype=torch.float64))
+        True
+        """
+        for term, what in ((first, "first"), (second, "second")):
+            if not isinstance(term, Kron):
+                raise TypeError(error_message(f"the {what} term of KronDecomposed.from_terms", "a Kron",
+                                              type(term).__name__, "Build it with Kron(G, A)."))
+        _check_same_shape(first, second, "the two terms of KronDecomposed.from_terms")
         T_G, T_G_inv, D_G, ld_g = _joint_eig(first.G, second.G, "G")
         T_A, T_A_inv, D_A, ld_a = _joint_eig(first.A, second.A, "A")
         out = cls(T_G, T_G_inv, D_G, T_A, T_A_inv, D_A, beta=beta, alpha=alpha,
@@ -627,16 +755,25 @@ class KronDecomposed:
         return out
 
     def _check_positive(self) -> None:
-        lam = self.eigenvalues().detach()
-        if not bool((lam > 0).all()):
+        smallest = float(self.eigenvalues().detach().min())
+        if not smallest > 0:
             raise ValueError(
                 error_message("the two-term sum beta K_1 + alpha K_2", "positive definite",
-                              f"smallest eigenvalue {float(lam.min()):.3g} in the joint eigenbasis",
+                              f"smallest eigenvalue {smallest:.3g} in the joint eigenbasis "
+                              f"(beta={float(self.beta):.4g}, alpha={float(self.alpha):.4g})",
                               "Use positive weights and a positive semi-definite first term.")
             )
 
     def with_weights(self, beta: _Weight | None = None, alpha: _Weight | None = None) -> "KronDecomposed":
-        """The same two terms with new weights, sharing the decomposition (no new eigensolve)."""
+        """The same two terms with new weights, sharing the decomposition (no new eigensolve).
+
+        Examples
+        --------
+        >>> import torch
+        >>> S = KronSum([Kron.identity(2, 2), Kron.identity(2, 2)], [1.0, 1.0]).decompose()
+        >>> float(S.with_weights(beta=3.0).trace())
+        16.0
+        """
         out = KronDecomposed(self.T_G, self.T_G_inv, self.D_G, self.T_A, self.T_A_inv, self.D_A,
                              beta=self.beta if beta is None else beta,
                              alpha=self.alpha if alpha is None else alpha,
@@ -668,11 +805,20 @@ class KronDecomposed:
     def __repr__(self) -> str:
         return f"KronDecomposed(n={self.n}, m={self.m}, beta={float(self.beta):.4g}, alpha={float(self.alpha):.4g})"
 
-    def to(self, *args, **kwargs) -> "KronDecomposed":
-        """Move the decomposition (float64 is kept; only the device changes)."""
+    def to(self, *args: Any, **kwargs: Any) -> "KronDecomposed":
+        """Move the decomposition to another device (arguments as in ``torch.Tensor.to``).
+
+        The decomposition stays float64: a requested dtype is ignored, so that moving never
+        rounds the eigenbases.
+        """
+        probe = torch.empty(0, dtype=torch.float64, device=self.device).to(*args, **kwargs)
+
         def mv(t: torch.Tensor) -> torch.Tensor:
-            return t.to(*args, **kwargs).to(torch.float64)
-        move = lambda w: mv(w) if isinstance(w, torch.Tensor) else w  # noqa: E731
+            return t.to(device=probe.device, dtype=torch.float64)
+
+        def move(w: _Weight) -> _Weight:
+            return mv(w) if isinstance(w, torch.Tensor) else w
+
         return KronDecomposed(mv(self.T_G), mv(self.T_G_inv), mv(self.D_G), mv(self.T_A),
                               mv(self.T_A_inv), mv(self.D_A), beta=move(self.beta),
                               alpha=move(self.alpha), logdet_second=mv(self.logdet_second))
@@ -680,7 +826,20 @@ class KronDecomposed:
     # -- evaluations -----------------------------------------------------------------------
     def eigenvalues(self) -> torch.Tensor:
         """``Lambda = beta D_G D_A^T + alpha``, shape ``(n, m)``, in the joint eigenbasis."""
-        return self.beta * torch.outer(self.D_G, self.D_A) + self.alpha
+        if self._lam is not None:
+            return self._lam
+        lam = torch.outer(self.D_G * self.beta, self.D_A) + self.alpha
+        if not lam.requires_grad:
+            self._lam = lam
+        return lam
+
+    def _inverse_eigenvalues(self) -> torch.Tensor:
+        if self._inv_lam is not None:
+            return self._inv_lam
+        inv = 1.0 / self.eigenvalues()
+        if not inv.requires_grad:
+            self._inv_lam = inv
+        return inv
 
     def to_dense(self) -> torch.Tensor:
         """The dense matrix ``(T_G (x) T_A)^-T diag(Lambda) (T_G (x) T_A)^-1``."""
@@ -692,7 +851,7 @@ class KronDecomposed:
         return self.T_G_inv @ X @ self.T_A_inv.T
 
     def matmul(self, X: torch.Tensor) -> torch.Tensor:
-        """The product with vec_row(X) for ``X`` of shape ``(..., n, m)``."""
+        """The product with vec_row(X) for ``X`` of shape ``(..., n, m)`` (float64 result)."""
         _check_matrix_operand(X, self.n, self.m, "X")
         Y = self._to_eig(X.to(torch.float64)) * self.eigenvalues()
         return self.T_G_inv.T @ Y @ self.T_A_inv
@@ -707,12 +866,12 @@ class KronDecomposed:
         """``S^-1 vec(X)`` as a matrix: ``T_G [(T_G^T X T_A) / Lambda] T_A^T``."""
         _check_matrix_operand(X, self.n, self.m, "X")
         Y = self.T_G.T @ X.to(torch.float64) @ self.T_A
-        return self.T_G @ (Y / self.eigenvalues()) @ self.T_A.T
+        return self.T_G @ (Y * self._inverse_eigenvalues()) @ self.T_A.T
 
     def inverse_to_dense(self) -> torch.Tensor:
         """The dense inverse ``(T_G (x) T_A) diag(1/Lambda) (T_G (x) T_A)^T`` (tests only)."""
         T = torch.kron(self.T_G, self.T_A)
-        return (T / self.eigenvalues().reshape(1, -1)) @ T.T
+        return (T * self._inverse_eigenvalues().reshape(1, -1)) @ T.T
 
     def logdet(self) -> torch.Tensor:
         """``logdet(S) = logdet(G_2 (x) A_2) + sum log(Lambda)``."""
@@ -722,11 +881,18 @@ class KronDecomposed:
         """``tr(S) = sum_ij Lambda_ij (T_G^-1 T_G^-T)_ii (T_A^-1 T_A^-T)_jj``."""
         dg = (self.T_G_inv ** 2).sum(dim=1)
         da = (self.T_A_inv ** 2).sum(dim=1)
-        return (self.eigenvalues() * torch.outer(dg, da)).sum()
+        return dg @ self.eigenvalues() @ da
+
+    def _check_kron(self, K: Kron, name: str) -> None:
+        if not isinstance(K, Kron):
+            raise TypeError(error_message(name, "a Kron", type(K).__name__, "Build it with Kron(G, A)."))
+        if (K.n, K.m) != (self.n, self.m):
+            raise ValueError(error_message(name, f"a Kron with factor sizes (n, m) = {(self.n, self.m)}",
+                                           f"(n, m) = {(K.n, K.m)}"))
 
     def projected_diagonals(self, K: Kron) -> tuple[torch.Tensor, torch.Tensor]:
         """``diag(T_G^T G_K T_G)`` and ``diag(T_A^T A_K T_A)``: cache these to re-evaluate traces."""
-        _check_matrix_operand(K.G.new_zeros(K.n, K.m), self.n, self.m, "K")
+        self._check_kron(K, "K")
         dg = ((K.G.to(torch.float64) @ self.T_G) * self.T_G).sum(dim=0)
         da = ((K.A.to(torch.float64) @ self.T_A) * self.T_A).sum(dim=0)
         return dg, da
@@ -742,21 +908,29 @@ class KronDecomposed:
             Instead of ``K``, one of the decomposed terms, unweighted: ``0`` gives
             ``tr((G_1 (x) A_1) S^-1) = sum D_G D_A^T / Lambda``, ``1`` gives
             ``tr((G_2 (x) A_2) S^-1) = sum 1 / Lambda``. Both cost ``O(n m)``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> S = KronSum([Kron.identity(2, 3), Kron.identity(2, 3)], [1.0, 1.0]).decompose()
+        >>> float(S.trace_product(term=0)), float(S.trace_product(Kron.identity(2, 3)))
+        (3.0, 3.0)
         """
-        lam = self.eigenvalues()
         if (K is None) == (term is None):
             raise ValueError(error_message("trace_product", "given exactly one of K or term",
                                            f"K={K!r}, term={term!r}"))
-        if term == 0:
-            return (torch.outer(self.D_G, self.D_A) / lam).sum()
-        if term == 1:
-            return (1.0 / lam).sum()
+        inv = self._inverse_eigenvalues()
         if term is not None:
-            raise ValueError(error_message("term", "0 or 1", term))
+            if isinstance(term, bool) or term not in (0, 1):
+                raise ValueError(error_message("term of KronDecomposed.trace_product", "0 or 1", term,
+                                               "0 is the first (curvature) term, 1 the second (prior) term."))
+            if term == 1:
+                return inv.sum()
+            return self.D_G @ inv @ self.D_A
         dg, da = self.projected_diagonals(K)
-        return (torch.outer(dg, da) / lam).sum()
+        return dg @ inv @ da
 
     def sample_map(self, Z: torch.Tensor) -> torch.Tensor:
         """Map standard normal ``Z`` of shape ``(..., n, m)`` to ``N(0, S^-1)``: ``T_G (Z / sqrt(Lambda)) T_A^T``."""
         _check_matrix_operand(Z, self.n, self.m, "Z")
-        return self.T_G @ (Z.to(torch.float64) / self.eigenvalues().sqrt()) @ self.T_A.T
+        return self.T_G @ (Z.to(torch.float64) * self._inverse_eigenvalues().sqrt()) @ self.T_A.T

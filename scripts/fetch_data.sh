@@ -63,11 +63,19 @@ check_source() {  # check_source SOURCE: fail loudly when a fetched file is not 
         [[ -f "$DATA_HOME/$rel" ]] || die "$rel was not produced"
         got="$(sha256_of "$DATA_HOME/$rel")"
         if [[ "$got" != "$(expected_sum "$rel")" ]]; then
-            echo "fetch_data.sh: sha256 of $DATA_HOME/$rel is $got, expected $(expected_sum "$rel")" >&2
+            echo "fetch_data.sh: sha256 of $DATA_HOME/$rel is $got," \
+                 "expected $(expected_sum "$rel")" >&2
             bad=1
         fi
     done
     [[ $bad == 0 ]] || die "$1: checksum mismatch (a different upstream version?)"
+}
+
+as_root() {  # as_root CMD...: run as root, through sudo when needed and possible
+    if [[ $(id -u) == 0 ]]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else die "'$*' needs root and sudo was not found; run it as root, then run this script again"
+    fi
 }
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is needed for $2 but was not found. $3"; }
@@ -146,7 +154,8 @@ fetch_fashion_mnist() {
     local present=1
     for name in "${names[@]}"; do
         rel="fashion-mnist/$name"
-        if [[ ! -f "$system/$name" || "$(sha256_of "$system/$name")" != "$(expected_sum "$rel")" ]]; then
+        if [[ ! -f "$system/$name" ]] \
+                || [[ "$(sha256_of "$system/$name")" != "$(expected_sum "$rel")" ]]; then
             present=0
         fi
     done
@@ -155,15 +164,10 @@ fetch_fashion_mnist() {
     else
         need apt-get "Fashion-MNIST (Debian package dataset-fashion-mnist)" \
             "On other systems put the four official *-ubyte.gz files into $DATA_HOME/fashion-mnist."
-        local sudo=()
-        if [[ $(id -u) != 0 ]]; then
-            command -v sudo >/dev/null 2>&1 \
-                || die "installing dataset-fashion-mnist needs root or sudo; run as root: apt-get update && apt-get install -y dataset-fashion-mnist"
-            sudo=(sudo)
-        fi
-        say "Fashion-MNIST: apt-get install -y dataset-fashion-mnist"
-        "${sudo[@]}" apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq dataset-fashion-mnist >/dev/null
+        say "Fashion-MNIST: apt-get update && apt-get install -y dataset-fashion-mnist"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq dataset-fashion-mnist >/dev/null
     fi
     mkdir -p "$DATA_HOME/fashion-mnist"
     for name in "${names[@]}"; do
@@ -216,7 +220,7 @@ main() {
         say "$source: fetching"
         "fetch_${source//-/_}"
         check_source "$source"
-        say "$source: done ($(files_of "$source" | tr '\n' ' '))"
+        say "$source: done ($(files_of "$source" | xargs))"
     done
     say "MNIST-1D is generated (and cached here) by skkprior.datasets.load_mnist1d()"
 }

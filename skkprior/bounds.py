@@ -80,6 +80,7 @@ MIN_N_MAURER = 8
 
 _MAX_NEWTON = 200
 _ROUND_UP_MARGIN = 32.0 * 2.0**-52
+_TINY = 2.2250738585072014e-308  # smallest normal float64
 _BOUND_NAMES = ("kl", "mcallester", "catoni")
 _PROTOCOLS = ("certificate", "paper")
 _FORMAT_VERSION = 1
@@ -154,8 +155,14 @@ def _kl_unchecked(q: float, p: float) -> float:
         #    = d^2 / (1 - p) - q (log1p(u) - u) + (1 - q) (log1p(v) - v), free of cancellation
         out = d * d / (1.0 - p) - q * _log1p_minus_x(u) + (1.0 - q) * _log1p_minus_x(v)
     else:
-        # log1p where it is accurate, a difference of logs where it cannot cancel or overflow
-        out = -q * math.log1p(u) if -0.5 < u <= 1.0 else q * (math.log(q) - math.log(p))
+        # log1p where it is accurate, else the log of the ratio (a difference of logs when
+        # the ratio under- or overflows; the difference is then > 700, so it cannot cancel)
+        if -0.5 < u <= 1.0:
+            out = -q * math.log1p(u)
+        else:
+            ratio = q / p
+            out = q * (math.log(ratio) if _TINY <= ratio < math.inf
+                       else math.log(q) - math.log(p))
         out += (1.0 - q) * (math.log1p(v) if v > -0.5 else math.log((1.0 - q) / (1.0 - p)))
     return max(out, 0.0)
 
@@ -234,7 +241,7 @@ def _kl_inv_unchecked(q: float, c: float) -> float:
         f = _kl_unchecked(q, p) - c
         if f <= 0.0:
             break
-        step = f * p * (1.0 - p) / (p - q)
+        step = f / (((p - q) / p) / (1.0 - p))  # f / f'(p), ordered to avoid underflow
         nxt = max(p - step, q)
         if not nxt < p:
             break

@@ -462,8 +462,52 @@ def _split_item(item: Any, has_y: bool) -> tuple[Any, Any]:
                                   type(item).__name__))
 
 
-def _batches(X: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[Any, Any]], int | None]:
-    """Mini-batches ``(x, y_or_None)`` and their number (None when unknown)."""
+def _check_finite_x(xb: torch.Tensor) -> None:
+    if (xb.is_floating_point() or xb.is_complex()) and not bool(torch.isfinite(xb).all()):
+        n_bad = int((~torch.isfinite(xb)).sum())
+        raise ValueError(error_message("X", "finite (no NaN or infinity)",
+                                       f"{n_bad} non-finite entries in {describe(xb)}",
+                                       "Remove or impute the non-finite values first."))
+
+
+def _check_y_values(yb: torch.Tensor, likelihood: str) -> tuple[int, int] | None:
+    """Value checks that need no model output; the label range ``(lo, hi)`` for classification."""
+    if likelihood == "classification":
+        if yb.is_floating_point():
+            if not bool(torch.isfinite(yb).all()) or not bool((yb == yb.round()).all()):
+                raise ValueError(error_message("y", "integer class labels", describe(yb),
+                                               "Encode the labels as 0 ... n_classes - 1."))
+        elif yb.dtype == torch.bool or yb.is_complex():
+            raise ValueError(error_message("y", "integer class labels", describe(yb)))
+        if yb.numel() == 0:
+            return None
+        return int(yb.min()), int(yb.max())
+    if yb.is_floating_point() and not bool(torch.isfinite(yb).all()):
+        raise ValueError(error_message("y", "finite (no NaN or infinity)", describe(yb)))
+    return None
+
+
+def _check_label_range(y_range: tuple[int, int] | None, n_classes: int) -> None:
+    if y_range is None:
+        return
+    lo, hi = y_range
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(error_message(
+            "y", f"class labels in 0 ... {n_classes - 1} (the model has {n_classes} outputs)",
+            f"labels from {lo} to {hi}", "Encode the labels with LabelEncoder, or check the model's head."))
+
+
+@dataclass
+class _Data:
+    """Mini-batches ``(x, y_or_None)``, their number (None when unknown), and what was checked."""
+
+    batches: Iterator[tuple[Any, Any]]
+    total: int | None
+    checked: bool = False
+    y_range: tuple[int, int] | None = None
+
+
+def _batches(X: Any, y: Any, batch_size: int, likelihood: str) -> _Data:
     from torch.utils.data import DataLoader, Dataset
 
     if isinstance(X, (DataLoader, Dataset)):
@@ -475,11 +519,12 @@ def _batches(X: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[Any, Any]]
             total: int | None = len(loader)
         except TypeError:
             total = None
-        return (_split_item(item, True) for item in loader), total
+        return _Data((_split_item(item, True) for item in loader), total)
     Xt = _as_tensor(X, "X")
     if Xt.ndim == 0 or Xt.shape[0] == 0:
         raise ValueError(error_message("X", "a non-empty batch of inputs", Xt, "Pass at least one data point."))
     yt = None
+    y_range = None
     if y is not None:
         yt = _as_tensor(y, "y")
         if yt.ndim == 0 or yt.shape[0] != Xt.shape[0]:
@@ -487,6 +532,8 @@ def _batches(X: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[Any, Any]]
                 "y", f"of the same length as X ({Xt.shape[0]})",
                 f"{'a scalar' if yt.ndim == 0 else yt.shape[0]} labels",
                 "Pass one label (or target row) per data point."))
+        y_range = _check_y_values(yt, likelihood)
+    _check_finite_x(Xt)
     n = Xt.shape[0]
 
     def gen() -> Iterator[tuple[Any, Any]]:
@@ -494,49 +541,34 @@ def _batches(X: Any, y: Any, batch_size: int) -> tuple[Iterator[tuple[Any, Any]]
             stop = min(start + batch_size, n)
             yield Xt[start:stop], None if yt is None else yt[start:stop]
 
-    return gen(), math.ceil(n / batch_size)
+    return _Data(gen(), math.ceil(n / batch_size), checked=True, y_range=y_range)
 
 
-def _prepare_x(xb: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def _prepare_x(xb: Any, dtype: torch.dtype, device: torch.device, check: bool) -> torch.Tensor:
     xb = _as_tensor(xb, "X")
-    if xb.is_floating_point() or xb.is_complex():
-        if not bool(torch.isfinite(xb).all()):
-            n_bad = int((~torch.isfinite(xb)).sum())
-            raise ValueError(error_message("X", "finite (no NaN or infinity)",
-                                           f"{n_bad} non-finite entries in {describe(xb)}",
-                                           "Remove or impute the non-finite values first."))
-        xb = xb.to(device=device, dtype=dtype, non_blocking=True)
-    else:
-        xb = xb.to(device=device, non_blocking=True)
-    return xb
+    if check:
+        _check_finite_x(xb)
+    if xb.is_floating_point():
+        return xb.to(device=device, dtype=dtype, non_blocking=True)
+    return xb.to(device=device, non_blocking=True)
 
 
-def _prepare_y(yb: Any, out: torch.Tensor, likelihood: str) -> torch.Tensor:
+def _prepare_y(yb: Any, out: torch.Tensor, likelihood: str, check: bool) -> torch.Tensor:
     yb = _as_tensor(yb, "y")
+    if check:
+        y_range = _check_y_values(yb, likelihood)
+        if likelihood == "classification":
+            _check_label_range(y_range, out.shape[1])
     if likelihood == "classification":
-        n_classes = out.shape[1]
-        if yb.is_floating_point():
-            if not bool(torch.isfinite(yb).all()) or not bool((yb == yb.round()).all()):
-                raise ValueError(error_message("y", "integer class labels", describe(yb),
-                                               "Encode the labels as 0 ... n_classes - 1."))
-        elif yb.dtype == torch.bool or yb.is_complex():
-            raise ValueError(error_message("y", "integer class labels", describe(yb)))
         yb = yb.reshape(-1)
         if yb.shape[0] != out.shape[0]:
             raise ValueError(error_message("y", f"one label per data point ({out.shape[0]} in this batch)",
                                            describe(yb)))
-        lo, hi = int(yb.min()), int(yb.max())
-        if lo < 0 or hi >= n_classes:
-            raise ValueError(error_message(
-                "y", f"class labels in 0 ... {n_classes - 1} (the model has {n_classes} outputs)",
-                f"labels from {lo} to {hi}", "Encode the labels with LabelEncoder, or check the model's head."))
-        return yb.to(device=out.device, dtype=torch.long)
-    yb = yb.to(device=out.device, dtype=out.dtype).reshape(out.shape[0], -1)
+        return yb.to(device=out.device, dtype=torch.long, non_blocking=True)
+    yb = yb.to(device=out.device, dtype=out.dtype, non_blocking=True).reshape(out.shape[0], -1)
     if yb.shape != out.shape:
         raise ValueError(error_message("y", f"targets of shape {tuple(out.shape)} (as the model's output)",
                                        describe(yb)))
-    if not bool(torch.isfinite(yb).all()):
-        raise ValueError(error_message("y", "finite (no NaN or infinity)", describe(yb)))
     return yb
 
 
@@ -865,7 +897,7 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
     move = device is not None and model_device.type != "meta" and torch.device(device) != model_device
     run_device = torch.device(device) if device is not None else (
         model_device if model_device.type != "meta" else next(model.parameters()).device)
-    batches, total = _batches(X, y, batch_size)
+    data = _batches(X, y, batch_size, likelihood)
     sums = _Sums.zeros(layers, run_device, kfoc)
     nll = torch.zeros((), dtype=torch.float64, device=run_device)
     has_nll = True
@@ -883,13 +915,14 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
             if progress is not False:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=total, desc=f"curvature ({'kfoc' if kfoc else 'kfac'}, {fisher})",
+                bar = tqdm(total=data.total, desc=f"curvature ({'kfoc' if kfoc else 'kfac'}, {fisher})",
                            unit="batch", delay=0 if progress else 2, leave=False)
-            for xb, yb in batches:
+            first = True
+            for xb, yb in data.batches:
                 if fisher == "empirical" and yb is None:
                     raise ValueError(error_message("y", "the true labels for fisher='empirical'",
                                                    "a batch without labels", "Yield (x, y) pairs."))
-                xb = _prepare_x(xb, dtype, run_device)
+                xb = _prepare_x(xb, dtype, run_device, check=not data.checked)
                 rec.begin_batch()
                 out = model(xb)
                 if not isinstance(out, torch.Tensor):
@@ -905,7 +938,10 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
                         "the forward pass", "one that calls a trainable Linear or Conv2d layer",
                         "an output that does not depend on any of them",
                         "Check that the model's forward uses its layers."))
-                yt = None if yb is None else _prepare_y(yb, out, likelihood)
+                if first and data.checked and likelihood == "classification":
+                    _check_label_range(data.y_range, out.shape[1])
+                first = False
+                yt = None if yb is None else _prepare_y(yb, out, likelihood, check=not data.checked)
                 if yt is None:
                     has_nll = False
                 else:

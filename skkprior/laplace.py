@@ -88,6 +88,24 @@ class KroneckerPrior(LayerwiseGaussian):
     def head(self) -> str | None:
         return self.metadata.get("head")
 
+    def scaled(self, factor: float) -> "KroneckerPrior":
+        """The prior with every precision multiplied by ``factor`` (a prior-scale candidate).
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> p = isotropic_prior(nn.Linear(2, 2), weight_decay=1.0)
+        >>> float(p.scaled(3.0).groups[""].precision.G[0, 0])
+        3.0
+        """
+        f = check_positive(factor, "factor")
+        groups = []
+        for g in self:
+            prec = g.precision.scaled(f) if isinstance(g.precision, IsotropicPrecision) else g.precision * f
+            groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
+                                        prec, g.temperature))
+        return self._new(groups, prior_scale_factor=f * float(self.metadata.get("prior_scale_factor", 1.0)))
+
     def match(self, model: nn.Module, *, head: str | None = None) -> "KroneckerPrior":
         """This prior aligned with ``model``'s parameters.
 
@@ -154,6 +172,19 @@ class KroneckerPosterior(LayerwiseGaussian):
     prior_scale: dict[str, Scalar]
     likelihood_scale: dict[str, Scalar]
     temperature: dict[str, Scalar]
+
+    def to(self, *args: Any, **kwargs: Any) -> "KroneckerPosterior":
+        """Move the posterior and its prior together, keeping the prior term shared."""
+        prior = self.prior.to(*args, **kwargs)
+        groups = []
+        for g in self:
+            moved = g.to(*args, **kwargs)
+            if moved.terms is not None:
+                moved.terms = (moved.terms[0], prior.groups[g.name].precision)
+            groups.append(moved)
+        out = self._new(groups)
+        out.prior = prior
+        return out
 
     def kl_to_prior(self):
         """``KL(self || prior)`` with named parts (see :meth:`LayerwiseGaussian.kl`)."""

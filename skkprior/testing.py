@@ -122,7 +122,7 @@ def assert_close_dense(actual: Any, expected: Any, *, rtol: float = 1e-10, atol:
     rel = err / e.abs()
     excess = torch.where(tol > 0, err / tol, torch.where(err > 0, math.inf, 0.0))
     excess = torch.where(bad, excess, torch.full_like(excess, -1.0)).reshape(-1)
-    order = torch.argsort(excess, descending=True, stable=True)[:max_report]
+    order = torch.argsort(excess, descending=True, stable=True)[:min(max_report, int(bad.sum()))]
     finite = bad & torch.isfinite(err)
     max_abs = float(err[finite].max()) if bool(finite.any()) else math.inf
     max_rel = float(rel[finite].max()) if bool(finite.any()) else math.inf
@@ -295,9 +295,11 @@ def high_precision_solve(matrix: Any, rhs: Any, *, dps: int = 50) -> torch.Tenso
         M = _mp_square(mp, matrix, "matrix")
         if b2.ndim != 2 or b2.shape[0] != M.rows:
             raise ValueError(error_message("rhs", f"of shape ({M.rows},) or ({M.rows}, k)", b))
-        x = mp.lu_solve(M, _to_mp(mp, b2))
-        out = torch.tensor([[float(x[i, j]) for j in range(x.cols)] for i in range(x.rows)],
-                           dtype=torch.float64)
+        columns = []
+        for j in range(b2.shape[1]):
+            x = mp.lu_solve(M, mp.matrix([mp.mpf(v) for v in b2[:, j].tolist()]))
+            columns.append([float(x[i]) for i in range(M.rows)])
+        out = torch.tensor(columns, dtype=torch.float64).T.contiguous()
     return out.reshape(-1) if vector else out
 
 

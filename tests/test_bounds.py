@@ -97,6 +97,31 @@ def test_kl_inv_matches_bisection_and_is_an_upper_bound(q, c):
     assert q <= got <= 1.0
 
 
+@pytest.mark.parametrize("q,c", [(0.1, 0.05), (0.5, 1e-8), (1e-6, 2.0), (0.9, 0.01),
+                                 (0.02, 0.3)])
+def test_every_newton_iterate_is_an_upper_bound(q, c, monkeypatch):
+    import skkprior.bounds as bounds
+
+    visited = []
+    original = bounds._kl_unchecked
+
+    def recording(q_, p_):
+        visited.append(p_)
+        return original(q_, p_)
+
+    monkeypatch.setattr(bounds, "_kl_unchecked", recording)
+    result = kl_inv(q, c)
+    exact = kl_inv_mp(q, c)
+    lowest = visited.index(min(visited))
+    newton, round_up = visited[: lowest + 1], visited[lowest:]
+    assert len(newton) >= 2
+    assert all(a > b for a, b in zip(newton, newton[1:]))  # Newton decreases monotonically
+    assert all(a <= b for a, b in zip(round_up, round_up[1:]))  # the round-up only moves right
+    # every iterate is an upper bound, up to the rounding of its last step
+    assert all(mp.mpf(p) >= exact - 2 * math.ulp(float(exact)) for p in visited)
+    assert mp.mpf(result) >= exact and result == visited[-1]
+
+
 def test_kl_inv_iterate_is_valid_upper_bound_in_float():
     for q, c in itertools.product(Q_GRID, C_GRID):
         p = kl_inv(q, c)

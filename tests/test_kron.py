@@ -143,3 +143,433 @@ def test_convention_on_a_real_linear_layer_gradient():
     Gp, Ap = G + torch.eye(3, dtype=D64), A + torch.eye(5, dtype=D64)
     assert_close_dense(Kron(Gp, Ap).quadratic(grad_wb), v @ torch.kron(Gp, Ap) @ v, rtol=1e-12,
                        name="Kron.quadratic")
+
+
+# -- Kron ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cond", [10.0, 1e10])
+def test_kron_sqrt_inverse_is_a_square_root_of_the_inverse(cond):
+    G, A = random_spd(3, cond=cond, generator=_gen(1)), random_spd(2, cond=cond, generator=_gen(2))
+    K = Kron(G, A)
+    L = K.sqrt_inverse()
+    tol = 100 * torch.finfo(D64).eps * cond  # forward error of an inverse: eps cond
+    for name, factor, root in (("G", G, L.G), ("A", A, L.A)):
+        eye = torch.eye(factor.shape[0], dtype=D64)
+        assert_close_dense(root.T @ factor @ root, eye, rtol=0, atol=tol, name=f"L_{name}^T {name} L_{name}")
+        assert torch.equal(root, torch.tril(root).T)  # C^-T: upper triangular
+    if cond < 1e3:
+        assert_close_dense(L.to_dense() @ L.to_dense().T, torch.linalg.inv(K.to_dense()), rtol=1e-10, atol=1e-12)
+    else:
+        pytest.importorskip("mpmath")
+        inv = high_precision_inverse([(1.0, G, A)])
+        assert _rel(L.to_dense() @ L.to_dense().T, inv) < tol
+
+
+def test_kron_inner_norm_scaling_identity_and_sums():
+    g = _gen(4)
+    K1 = Kron(torch.randn(3, 3, generator=g, dtype=D64), torch.randn(2, 2, generator=g, dtype=D64))
+    K2 = Kron(torch.randn(3, 3, generator=g, dtype=D64), torch.randn(2, 2, generator=g, dtype=D64))
+    assert_close_dense(K1.inner(K2), (K1.to_dense() * K2.to_dense()).sum(), rtol=1e-12)
+    assert_close_dense(K1.frobenius_norm(), torch.linalg.norm(K1.to_dense()), rtol=1e-13)
+    assert_close_dense((2.5 * K1).to_dense(), 2.5 * K1.to_dense(), rtol=1e-15)
+    assert_close_dense((K1 * torch.tensor(-0.5, dtype=D64)).to_dense(), -0.5 * K1.to_dense(), rtol=1e-15)
+    assert torch.equal(Kron.identity(3, 2).to_dense(), torch.eye(6, dtype=D64))
+    assert Kron.identity(2, 2, dtype=torch.float32).dtype == torch.float32
+    total = K1 + K2
+    assert isinstance(total, KronSum) and len(total) == 2
+    assert_close_dense(total.to_dense(), K1.to_dense() + K2.to_dense(), rtol=1e-14, atol=1e-14)
+    longer = (K1 + total) + K2
+    assert len(longer) == 4
+    assert_close_dense(longer.to_dense(), 2 * (K1.to_dense() + K2.to_dense()), rtol=1e-14, atol=1e-14)
+    assert_close_dense((3.0 * total).to_dense(), 3.0 * total.to_dense(), rtol=1e-14, atol=1e-14)
+
+
+def test_kron_float32_factors_give_float64_logdet_and_inverse():
+    G, A = random_spd(3, generator=_gen(5)), random_spd(4, generator=_gen(6))
+    K32 = Kron(G.float(), A.float())
+    ld = K32.logdet()
+    assert ld.dtype == D64
+    assert_close_dense(ld, torch.linalg.slogdet(torch.kron(G.float().double(), A.float().double()))[1], rtol=1e-12)
+    assert K32.inverse().dtype == D64
+    X = torch.randn(3, 4)
+    assert K32.matmul(X).dtype == torch.float32 and K32.solve(X).dtype == torch.float32
+
+
+# -- nearest Kronecker product ------------------------------------------------------------------
+def _random_terms(n, m, K, seed, *, spd=True):
+    g = _gen(seed)
+    if spd:
+        return [Kron(random_spd(n, cond=100.0, generator=g), random_spd(m, cond=100.0, generator=g)) for _ in range(K)]
+    return [Kron(torch.randn(n, n, generator=g, dtype=D64), torch.randn(m, m, generator=g, dtype=D64)) for _ in range(K)]
+
+
+@pytest.mark.parametrize("n,m,K", [(1, 1, 2), (1, 3, 3), (2, 3, 2), (4, 2, 4), (5, 5, 3)])
+@pytest.mark.parametrize("spd", [True, False])
+def test_nearest_matches_rank_one_svd_of_rearrangement(n, m, K, spd):
+    terms = _random_terms(n, m, K, seed=10 * n + m + K, spd=spd)
+    weights = [0.5 + k for k in range(K)] if spd else [1.0, -2.0, 0.7, 3.0][:K]
+    S = KronSum(terms, weights)
+    dense = S.to_dense()
+    expected = _nearest_by_svd(dense, n, m)
+    gram, power = S.nearest("gram"), S.nearest("power")
+    scale = float(torch.linalg.norm(dense))
+    assert_close_dense(gram.to_dense(), expected, rtol=1e-9, atol=1e-11 * scale, name="nearest('gram')")
+    assert_close_dense(power.to_dense(), gram.to_dense(), rtol=1e-9, atol=1e-11 * scale, name="nearest('power')")
+    # equal Frobenius norms; dense relative error equals nearest_error()
+    assert_close_dense(torch.linalg.norm(gram.G), torch.linalg.norm(gram.A), rtol=1e-12)
+    dense_error = torch.linalg.norm(dense - gram.to_dense()) / torch.linalg.norm(dense)
+    assert_close_dense(S.nearest_error(), dense_error, rtol=1e-7, atol=1e-12, name="nearest_error")
+    if spd:
+        assert torch.equal(gram.G, gram.G.T) and torch.equal(gram.A, gram.A.T)
+        assert float(torch.linalg.eigvalsh(gram.G).min()) > 0 and float(torch.linalg.eigvalsh(gram.A).min()) > 0
+
+
+def test_nearest_of_an_exact_kronecker_product_is_exact():
+    F = _random_terms(3, 2, 1, seed=3)[0]
+    S = KronSum([F, 2.0 * F, F], [1.0, 0.5, 2.0])  # = 4 F
+    assert float(S.nearest_error()) < 1e-14
+    assert_close_dense(S.nearest().to_dense(), 4 * F.to_dense(), rtol=1e-13, atol=1e-14)
+    single = KronSum([F], [-3.0]).nearest()
+    assert float(torch.trace(single.G)) >= 0  # sign fixed on G
+    assert_close_dense(single.to_dense(), -3.0 * F.to_dense(), rtol=1e-13, atol=1e-14)
+
+
+def test_nearest_keeps_positive_definiteness_across_scales():
+    """Curvature ~1e12 times the prior: the small directions of the NKP factors survive (thin QR)."""
+    mpmath = pytest.importorskip("mpmath")
+    n, m = 3, 2
+    g, a = torch.randn(n, 1, generator=_gen(7), dtype=D64), torch.randn(m, 1, generator=_gen(8), dtype=D64)
+    S = KronSum([Kron(1e6 * g @ g.T, 1e6 * a @ a.T), Kron.identity(n, m)], [1.0, 1.0])  # rank-1 curvature + I
+    N = S.nearest()
+    with mpmath.workdps(60):
+        dense = S.to_dense()
+        R = mpmath.matrix(_rearrange(dense, n, m).tolist())
+        # exact rearrangement from the factors (the float64 dense sum rounds the identity away)
+        R = mpmath.matrix(n * n, m * m)
+        for w, t in zip(S.weights.tolist(), S.terms):
+            vg, va = t.G.reshape(-1).tolist(), t.A.reshape(-1).tolist()
+            for i in range(n * n):
+                for j in range(m * m):
+                    R[i, j] += mpmath.mpf(w) * mpmath.mpf(vg[i]) * mpmath.mpf(va[j])
+        U, s, V = mpmath.svd_r(R)
+        G_exact = mpmath.matrix(n, n)
+        for i in range(n * n):
+            G_exact[i // n, i % n] = U[i, 0] * mpmath.sqrt(s[0])
+        sign = 1 if sum(G_exact[i, i] for i in range(n)) > 0 else -1
+        smallest = float(min(mpmath.eigsy(sign * G_exact)[0]))
+    ours = float(torch.linalg.eigvalsh(N.G).min())
+    assert smallest > 0 and ours > 0
+    assert abs(ours - smallest) <= 1e-6 * smallest
+
+
+def test_nearest_power_warns_when_not_converged():
+    eye2 = torch.eye(2, dtype=D64)
+    e1, e2 = torch.diag(torch.tensor([1.0, 0.0], dtype=D64)), torch.diag(torch.tensor([0.0, 1.0], dtype=D64))
+    S = KronSum([Kron(e1 + 0.1 * eye2, e1 + 0.1 * eye2), Kron(e2 + 0.1 * eye2, e2 + 0.1 * eye2)], [1.0, 0.999])
+    with pytest.warns(RuntimeWarning, match="did not converge in max_iter=3"):
+        S.nearest("power", max_iter=3)
+
+
+# -- the exact two-term form ----------------------------------------------------------------------
+@pytest.mark.parametrize("identity", [False, True])
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 4), (3, 2), (5, 5)])
+def test_decompose_against_dense(n, m, identity):
+    F, P, S, dense = _pd_sum(n, m, seed=n * 7 + m, identity=identity)
+    D = S.decompose()
+    d = n * m
+    inv = torch.linalg.inv(dense)
+    assert_close_dense(D.to_dense(), dense, rtol=1e-11, atol=1e-12, name="to_dense")
+    assert_close_dense(D.inverse_to_dense(), inv, rtol=1e-10, atol=1e-12, name="inverse")
+    assert_close_dense(D.logdet(), torch.linalg.slogdet(dense)[1], rtol=1e-12, atol=1e-12, name="logdet")
+    assert_close_dense(D.trace(), torch.trace(dense), rtol=1e-12, name="trace")
+    assert_close_dense(D.logdet_second, torch.linalg.slogdet(P.to_dense())[1], rtol=1e-12, atol=1e-12)
+    # tr(K S^-1) for the two terms and for an unrelated Kron
+    K = Kron(random_spd(n, generator=_gen(99)), torch.randn(m, m, generator=_gen(98), dtype=D64))
+    assert_close_dense(D.trace_product(term=0), torch.trace(F.to_dense() @ inv), rtol=1e-10, name="tr(F S^-1)")
+    assert_close_dense(D.trace_product(term=1), torch.trace(P.to_dense() @ inv), rtol=1e-10, name="tr(P S^-1)")
+    assert_close_dense(D.trace_product(K), torch.trace(K.to_dense() @ inv), rtol=1e-10, atol=1e-12, name="tr(K S^-1)")
+    assert_close_dense(D.trace_product(F), D.trace_product(term=0), rtol=1e-11)
+    # solve, quadratic
+    B = torch.randn(3, n, m, generator=_gen(5), dtype=D64)
+    X = D.solve(B)
+    assert_close_dense(vec_row(X), torch.linalg.solve(dense, vec_row(B).T).T, rtol=1e-10, atol=1e-12, name="solve")
+    # joint eigenbasis: T^T F T = diag(D), T^T P T = I (per factor)
+    assert_close_dense(D.T_G.T @ P.G @ D.T_G, torch.eye(n, dtype=D64), rtol=0, atol=1e-12)
+    assert_close_dense(D.T_A.T @ F.A @ D.T_A, torch.diag(D.D_A), rtol=0, atol=1e-12)
+    assert_close_dense(D.T_G @ D.T_G_inv, torch.eye(n, dtype=D64), rtol=0, atol=1e-12)
+    assert d == D.shape[0]
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_sample_map_covariance_is_the_inverse(identity):
+    n, m = 3, 2
+    _, _, S, dense = _pd_sum(n, m, seed=21, identity=identity)
+    D = S.decompose()
+    d = n * m
+    basis = torch.eye(d, dtype=D64).reshape(d, n, m)
+    L = vec_row(D.sample_map(basis)).T  # columns: images of the unit vectors
+    inv = torch.linalg.inv(dense)
+    assert_close_dense(L @ L.T, inv, rtol=1e-10, atol=1e-12, name="T Lambda^-1 T^T")
+    assert_close_dense(L @ L.T, D.inverse_to_dense(), rtol=1e-12, atol=1e-14)
+    # seeded Monte Carlo: the empirical covariance of 40000 draws
+    Z = torch.randn(40_000, n, m, generator=_gen(0), dtype=D64)
+    x = vec_row(D.sample_map(Z))
+    emp = x.T @ x / x.shape[0]
+    err = float(torch.linalg.norm(emp - inv) / torch.linalg.norm(inv))
+    assert err < 0.03, err  # ~ sqrt(2 d / N) ≈ 0.017 expected
+
+
+def test_kl_from_decomposed_pieces_matches_dense_formula():
+    n, m, tau, alpha0 = 3, 4, 0.7, 0.3
+    F, P, S, dense = _pd_sum(n, m, seed=31, beta=2.0, alpha=alpha0)
+    D = S.decompose()
+    d = n * m
+    diff = torch.randn(n, m, generator=_gen(3), dtype=D64)  # M_q - M_p
+    prior_prec = alpha0 * P.to_dense()
+    # Q = N(M_q, tau S^-1), prior = N(M_p, (alpha0 P)^-1)
+    kl = 0.5 * (tau * alpha0 * D.trace_product(term=1) + alpha0 * P.quadratic(diff) - d - d * math.log(tau)
+                - (d * math.log(alpha0) + D.logdet_second) + D.logdet())
+    cov_q, cov_p = tau * torch.linalg.inv(dense), torch.linalg.inv(prior_prec)
+    v = vec_row(diff)
+    kl_dense = 0.5 * (torch.trace(prior_prec @ cov_q) + v @ prior_prec @ v - d
+                      + torch.linalg.slogdet(cov_p)[1] - torch.linalg.slogdet(cov_q)[1])
+    assert float(kl_dense) > 0
+    assert_close_dense(kl, kl_dense, rtol=1e-10, name="KL")
+    # Q equal to the prior: KL = 0
+    same = D.with_weights(beta=0.0, alpha=alpha0)
+    kl0 = 0.5 * (alpha0 * same.trace_product(term=1) - d - (d * math.log(alpha0) + same.logdet_second) + same.logdet())
+    assert abs(float(kl0)) < 1e-12
+
+
+@pytest.mark.parametrize("identity", [False, True])
+def test_with_weights_equals_a_fresh_decomposition(identity):
+    n, m = 4, 3
+    F, P, S, _ = _pd_sum(n, m, seed=41, identity=identity)
+    D = S.decompose()
+    B = torch.randn(n, m, generator=_gen(1), dtype=D64)
+    for beta, alpha in [(0.01, 5.0), (30.0, 1e-3), (1.0, 1.0)]:
+        re = D.with_weights(beta=beta, alpha=alpha)
+        fresh = KronSum([F, P], [beta, alpha]).decompose()
+        dense = beta * F.to_dense() + alpha * P.to_dense()
+        assert (re.beta, re.alpha) == (beta, alpha)
+        assert_close_dense(re.to_dense(), dense, rtol=1e-11, atol=1e-12 * float(dense.abs().max()))
+        assert_close_dense(re.logdet(), fresh.logdet(), rtol=1e-12, atol=1e-12)
+        for term in (0, 1):
+            assert_close_dense(re.trace_product(term=term), fresh.trace_product(term=term), rtol=1e-11)
+        assert_close_dense(re.solve(B), fresh.solve(B), rtol=1e-10, atol=1e-12 * float(fresh.solve(B).abs().max()))
+    only_alpha = D.with_weights(alpha=2.0)
+    assert (only_alpha.beta, only_alpha.alpha) == (D.beta, 2.0)
+
+
+def test_gradients_with_respect_to_tensor_weights():
+    n, m = 3, 2
+    F, P, _, _ = _pd_sum(n, m, seed=51)
+    D = KronSum([F, P], [1.0, 1.0]).decompose()
+    K = Kron(random_spd(n, generator=_gen(2)), random_spd(m, generator=_gen(3)))
+    beta = torch.tensor(1.3, dtype=D64, requires_grad=True)
+    alpha = torch.tensor(0.4, dtype=D64, requires_grad=True)
+
+    def pieces(b, a):
+        S = D.with_weights(beta=b, alpha=a)
+        return S.logdet(), S.trace_product(term=0), S.trace_product(term=1), S.trace_product(K)
+
+    assert torch.autograd.gradcheck(pieces, (beta, alpha))
+    # the same gradients through KronSum(..., [tensor, tensor]).decompose()
+    S = KronSum([F, P], [beta, alpha]).decompose()
+    grads = torch.autograd.grad(S.logdet(), (beta, alpha))
+    dense = beta.detach() * F.to_dense() + alpha.detach() * P.to_dense()
+    inv = torch.linalg.inv(dense)
+    assert_close_dense(grads[0], torch.trace(inv @ F.to_dense()), rtol=1e-10)  # d logdet / d beta
+    assert_close_dense(grads[1], torch.trace(inv @ P.to_dense()), rtol=1e-10)
+    # several backward passes on one instance (eigenvalues are not cached while they need grad)
+    S.logdet().backward()
+    S.trace_product(term=0).backward()
+    assert beta.grad is not None
+
+
+def test_decompose_ill_conditioned_factors_against_high_precision():
+    """cond 1e10 per factor, F and P in unrelated bases: no spurious 'not positive definite'."""
+    pytest.importorskip("mpmath")
+    n, m = 3, 3
+    for seed in range(3):
+        F, P, S, dense = _pd_sum(n, m, seed=100 + seed, cond=1e10)
+        D = S.decompose()
+        exact = [(1.7, F.G, F.A), (0.3, P.G, P.A)]
+        assert abs(float(D.logdet()) - high_precision_logdet(exact)) < 1e-6
+        inv = high_precision_inverse(exact)
+        assert _rel(D.inverse_to_dense(), inv) < 1e-8
+        assert _rel(D.to_dense(), dense) < 1e-13
+        B = torch.randn(5, n, m, generator=_gen(seed), dtype=D64)
+        assert_small_residual(dense, vec_row(D.solve(B)).T, vec_row(B).T, tol=1e-14)
+
+
+def test_decompose_rank_deficient_curvature():
+    n, m = 4, 3
+    G, A = random_psd(n, 2, generator=_gen(1)), random_psd(m, 1, generator=_gen(2))
+    P = Kron(random_spd(n, generator=_gen(3)), random_spd(m, generator=_gen(4)))
+    for second in (P, Kron.identity(n, m)):
+        D = KronSum([Kron(G, A), second], [10.0, 0.1]).decompose()
+        dense = 10.0 * torch.kron(G, A) + 0.1 * second.to_dense()
+        assert_close_dense(D.to_dense(), dense, rtol=1e-11, atol=1e-12)
+        assert_close_dense(D.logdet(), torch.linalg.slogdet(dense)[1], rtol=1e-11)
+        assert int((D.eigenvalues() > 0.1 * (1 + 1e-9)).sum()) == 2  # rank 2 x rank 1 curvature
+
+
+def test_decompose_identity_second_term_gives_orthonormal_basis():
+    F, _, S, _ = _pd_sum(3, 2, seed=61, identity=True)
+    D = S.decompose()
+    assert torch.equal(D.logdet_second, torch.zeros((), dtype=D64))
+    assert_close_dense(D.T_G.T @ D.T_G, torch.eye(3, dtype=D64), rtol=0, atol=1e-14)
+    assert_close_dense(D.T_A_inv, D.T_A.T, rtol=0, atol=0)
+
+
+def test_decompose_float32_terms_and_to():
+    X = torch.randn(20, 3, generator=_gen(1))
+    A32 = X.T @ X  # float32 product: symmetric only up to rounding
+    G32 = random_spd(2, generator=_gen(2), dtype=torch.float32)
+    S = KronSum([Kron(G32, A32), Kron.identity(2, 3, dtype=torch.float32)], [1.0, 0.1])
+    D = S.decompose()
+    assert D.dtype == D64 and D.T_A.dtype == D64
+    dense = torch.kron(G32.double(), A32.double()) + 0.1 * torch.eye(6, dtype=D64)
+    assert_close_dense(D.to_dense(), dense, rtol=1e-6, atol=1e-6)
+    moved = D.to(torch.float32)
+    assert moved.dtype == D64 and torch.equal(moved.T_G, D.T_G) and torch.equal(moved.T_A_inv, D.T_A_inv)
+    assert moved.to("cpu").device.type == "cpu"
+
+
+# -- property tests -------------------------------------------------------------------------------
+_sizes = st.integers(min_value=1, max_value=5)
+_weights = st.floats(min_value=1e-3, max_value=1e3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=_sizes, m=_sizes, K=st.integers(1, 4), seed=st.integers(0, 10_000),
+       weights=st.lists(_weights, min_size=4, max_size=4))
+def test_property_nearest(n, m, K, seed, weights):
+    S = KronSum(_random_terms(n, m, K, seed), weights[:K])
+    dense = S.to_dense()
+    scale = float(torch.linalg.norm(dense))
+    gram = S.nearest()
+    assert_close_dense(gram.to_dense(), _nearest_by_svd(dense, n, m), rtol=1e-8, atol=1e-10 * scale)
+    assert float(torch.linalg.eigvalsh(gram.G).min()) > 0 and float(torch.linalg.eigvalsh(gram.A).min()) > 0
+    err = float(torch.linalg.norm(dense - gram.to_dense())) / scale
+    assert abs(float(S.nearest_error()) - err) <= 1e-7 * max(err, 1e-8)
+    # the nearest product is never worse than any single scaled term
+    assert err <= min(float(torch.linalg.norm(dense - w * t.to_dense())) / scale
+                      for w, t in zip(S.weights.tolist(), S.terms)) + 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=_sizes, m=_sizes, seed=st.integers(0, 10_000), beta=_weights, alpha=_weights,
+       identity=st.booleans(), log_cond=st.floats(0.0, 8.0))
+def test_property_decompose(n, m, seed, beta, alpha, identity, log_cond):
+    F, P, S, dense = _pd_sum(n, m, seed, cond=10.0 ** log_cond, beta=beta, alpha=alpha, identity=identity)
+    D = S.decompose()
+    assert _rel(D.to_dense(), dense) < 1e-12
+    B = torch.randn(2, n, m, generator=_gen(seed), dtype=D64)
+    assert_small_residual(dense, vec_row(D.solve(B)).T, vec_row(B).T, tol=1e-13)
+    if log_cond <= 2:
+        assert_close_dense(D.logdet(), torch.linalg.slogdet(dense)[1], rtol=1e-10, atol=1e-9)
+        inv = torch.linalg.inv(dense)
+        assert_close_dense(D.trace_product(term=0), torch.trace(F.to_dense() @ inv), rtol=1e-8)
+    fresh = KronSum([F, P], [alpha, beta]).decompose()
+    swapped = D.with_weights(beta=alpha, alpha=beta)
+    assert_close_dense(swapped.logdet(), fresh.logdet(), rtol=1e-11, atol=1e-10)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+def test_bad_factors():
+    with pytest.raises(ValueError, match=r"G \(output factor of Kron\) must be a non-empty square 2-D matrix"):
+        Kron(torch.zeros(2, 3, dtype=D64), torch.eye(2, dtype=D64))
+    with pytest.raises(ValueError, match=r"A \(input factor of Kron\) must be a non-empty square"):
+        Kron(torch.eye(2, dtype=D64), torch.zeros(3, dtype=D64))
+    with pytest.raises(ValueError, match=r"A \(input factor of Kron\) must be finite .*1 non-finite"):
+        Kron(torch.eye(2, dtype=D64), torch.tensor([[1.0, math.nan], [0.0, 1.0]], dtype=D64))
+    with pytest.raises(ValueError, match=r"the factors of Kron must be of the same dtype and device"):
+        Kron(torch.eye(2, dtype=D64), torch.eye(2))
+    with pytest.raises(TypeError, match=r"G \(output factor of Kron\) must be a torch.Tensor"):
+        Kron([[1.0]], torch.eye(1))
+    with pytest.raises(TypeError, match=r"must be a floating-point tensor"):
+        Kron(torch.eye(2, dtype=torch.int64), torch.eye(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"n of Kron.identity must be a positive int"):
+        Kron.identity(0, 2)
+    with pytest.raises(TypeError, match=r"the scale factor of a Kron must be a real number"):
+        Kron.identity(2, 2) * "2"
+    with pytest.raises(ValueError, match=r"the scale factor of a Kron must be a real scalar"):
+        Kron.identity(2, 2) * torch.ones(2, dtype=D64)
+
+
+def test_bad_operands_and_factorizations():
+    K = Kron(torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=D64), torch.eye(3, dtype=D64))  # G indefinite
+    with pytest.raises(ValueError, match=r"G \(output factor\) must be symmetric positive definite"):
+        K.logdet()
+    with pytest.raises(ValueError, match=r"G \(output factor\) must be symmetric positive definite"):
+        K.solve(torch.ones(2, 3, dtype=D64))
+    nonsym = Kron(torch.tensor([[2.0, 1.0], [0.0, 2.0]], dtype=D64), torch.eye(3, dtype=D64))
+    with pytest.raises(ValueError, match=r"G \(output factor\) must be symmetric\. Got a matrix with max"):
+        nonsym.inverse()
+    with pytest.raises(TypeError, match=r"X must be a torch.Tensor"):
+        Kron.identity(2, 3).matmul([[0.0] * 3] * 2)
+    with pytest.raises(TypeError, match=r"X must be a floating-point tensor"):
+        Kron.identity(2, 3).matmul(torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_bad_kron_sums():
+    a, b = Kron.identity(2, 3), Kron.identity(3, 2)
+    with pytest.raises(ValueError, match=r"terms of KronSum must be of the same factor sizes"):
+        KronSum([a, b])
+    with pytest.raises(ValueError, match=r"terms of KronSum must be a non-empty sequence of Kron"):
+        KronSum([])
+    with pytest.raises(TypeError, match=r"terms of KronSum must be a sequence"):
+        KronSum(a)
+    with pytest.raises(ValueError, match=r"weights of KronSum must be 2 weights \(one per term\)"):
+        KronSum([a, a], [1.0])
+    with pytest.raises(ValueError, match=r"weights of KronSum must be finite"):
+        KronSum([a, a], [1.0, math.inf])
+    with pytest.raises(ValueError, match=r"terms of KronSum must be of one dtype and device"):
+        KronSum([a, Kron.identity(2, 3, dtype=torch.float32)])
+    with pytest.raises(ValueError, match=r"method of KronSum.nearest must be 'gram' or 'power'"):
+        KronSum([a, a]).nearest("svd")
+
+
+def test_decompose_errors():
+    n, m = 3, 2
+    F, P, _, _ = _pd_sum(n, m, seed=71)
+    with pytest.raises(ValueError, match=r"KronSum.decompose\(\) must be called on exactly two terms.*"
+                                         r"Got 3 terms instead.*nearest\(\)"):
+        KronSum([F, P, P]).decompose()
+    with pytest.raises(ValueError, match=r"KronSum.decompose\(\) must be called on exactly two terms"):
+        KronSum([F]).decompose()
+    indefinite = Kron(P.G, torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=D64))
+    with pytest.raises(ValueError, match=r"A of the second term must be symmetric positive definite"):
+        KronSum([F, indefinite]).decompose()
+    singular = Kron(torch.zeros(n, n, dtype=D64), P.A)
+    with pytest.raises(ValueError, match=r"G of the second term must be symmetric positive definite"):
+        KronSum([F, singular]).decompose()
+    skew = F.G + torch.triu(torch.ones(n, n, dtype=D64), 1)
+    with pytest.raises(ValueError, match=r"G of the first term must be symmetric"):
+        KronSum([Kron(skew, F.A), P]).decompose()
+    with pytest.raises(ValueError, match=r"A of the second term must be symmetric"):
+        KronSum([F, Kron(P.G, P.A + torch.triu(torch.ones(m, m, dtype=D64), 1))]).decompose()
+    with pytest.raises(ValueError, match=r"the two-term sum beta K_1 \+ alpha K_2 must be positive definite"):
+        KronSum([F, P], [-1.0, 0.1]).decompose()
+    D = KronSum([F, P]).decompose()
+    with pytest.raises(ValueError, match=r"beta \(weight of the first term\) must be a finite real number"):
+        D.with_weights(beta=math.nan)
+    with pytest.raises(ValueError, match=r"alpha \(weight of the second term\) must be a scalar"):
+        D.with_weights(alpha=torch.ones(2, dtype=D64))
+    with pytest.raises(ValueError, match=r"the two-term sum .* must be positive definite"):
+        D.with_weights(alpha=-10.0)
+    with pytest.raises(ValueError, match=r"trace_product must be given exactly one of K or term"):
+        D.trace_product()
+    with pytest.raises(ValueError, match=r"trace_product must be given exactly one of K or term"):
+        D.trace_product(F, term=0)
+    with pytest.raises(ValueError, match=r"term of KronDecomposed.trace_product must be 0 or 1"):
+        D.trace_product(term=2)
+    with pytest.raises(ValueError, match=r"K must be a Kron with factor sizes \(n, m\) = \(3, 2\)"):
+        D.trace_product(Kron.identity(2, 3))
+    with pytest.raises(TypeError, match=r"K must be a Kron"):
+        D.trace_product(torch.eye(6, dtype=D64))
+    with pytest.raises(ValueError, match=r"Z must be a tensor of shape \(\.\.\., 3, 2\)"):
+        D.sample_map(torch.zeros(2, 3, dtype=D64))
+    with pytest.raises(TypeError, match=r"the first term of KronDecomposed.from_terms must be a Kron"):
+        KronDecomposed.from_terms(F.to_dense(), P)

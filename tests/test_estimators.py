@@ -1,0 +1,244 @@
+"""The estimators: scikit-learn contract, integration, partial_fit semantics, bad input."""
+
+from __future__ import annotations
+
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits, load_iris, make_blobs
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from skkprior import KroneckerPriorClassifier, PACBayesBoundEstimator, learn_prior
+from skkprior.laplace import isotropic_prior
+from skkprior.networks import MLP
+
+FAST = dict(max_epochs=15, n_samples=20, device="cpu", random_state=0)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X).astype(np.float32), y
+
+
+class Net(nn.Module):
+    def __init__(self, n_features, n_classes, width=16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_features, width), nn.Tanh())
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_fit_predict_proba_contract(iris):
+    X, y = iris
+    clf = KroneckerPriorClassifier(**FAST).fit(X, y)
+    proba = clf.predict_proba(X)
+    assert proba.dtype == np.float64 and proba.shape == (len(y), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-10)
+    assert clf.score(X, y) > 0.9
+    for attr in ("module_", "prior_", "posterior_", "curvature_", "classes_", "n_features_in_",
+                 "n_tasks_", "history_", "device_"):
+        assert hasattr(clf, attr), attr
+    assert clf.n_tasks_ == 1 and clf.n_features_in_ == 4
+    assert len(clf.history_) == FAST["max_epochs"]
+
+
+def test_module_class_with_kwargs_and_instance(iris):
+    X, y = iris
+    clf = KroneckerPriorClassifier(Net, module__width=7, **FAST).fit(X, y)
+    assert clf.module_.body[0].out_features == 7
+    assert clf.get_params()["module__width"] == 7
+    net = Net(4, 3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    clf2 = KroneckerPriorClassifier(net, **FAST).fit(X, y)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # never trained in place
+    assert clf2.module_ is not net
+    with pytest.raises(ValueError, match="module__"):
+        KroneckerPriorClassifier(net, module__width=3, **FAST).fit(X, y)
+
+
+def test_same_random_state_gives_identical_predictions(iris):
+    X, y = iris
+    a = KroneckerPriorClassifier(**FAST).fit(X, y).predict_proba(X)
+    b = KroneckerPriorClassifier(**FAST).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    state = torch.random.get_rng_state()
+    KroneckerPriorClassifier(**FAST).fit(X, y)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+
+
+def test_clone_pickle_joblib_round_trips(iris, tmp_path):
+    X, y = iris
+    clf = KroneckerPriorClassifier(Net, module__width=8, **FAST).fit(X, y)
+    ref = clf.predict_proba(X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), ref)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict_proba(X), ref)
+    cloned = clone(clf)
+    assert cloned.get_params()["module__width"] == 8 and not hasattr(cloned, "module_")
+
+
+def test_grid_search_in_pipeline_with_n_jobs():
+    X, y = make_blobs(n_samples=120, centers=3, n_features=4, random_state=0)
+    pipe = make_pipeline(StandardScaler(), KroneckerPriorClassifier(Net, module__width=8, **FAST))
+    grid = GridSearchCV(pipe, {"kroneckerpriorclassifier__prior_scale": [0.1, 10.0],
+                               "kroneckerpriorclassifier__module__width": [4, 8]}, cv=2, n_jobs=2)
+    grid.fit(X, y)
+    assert grid.best_score_ > 0.8
+    assert set(grid.best_params_) == {"kroneckerpriorclassifier__prior_scale",
+                                      "kroneckerpriorclassifier__module__width"}
+
+
+@pytest.mark.parametrize("predictive", ["mc", "map", "linearized"])
+def test_predictive_modes(iris, predictive):
+    X, y = iris
+    clf = KroneckerPriorClassifier(predictive=predictive, **FAST).fit(X, y)
+    proba = clf.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-10)
+    assert clf.score(X, y) > 0.9
+
+
+def test_mc_agrees_with_linearized_for_a_cold_posterior(iris):
+    X, y = iris
+    params = dict(FAST, n_samples=2000, temperature=1e-3)
+    mc = KroneckerPriorClassifier(**params).fit(X, y).predict_proba(X)
+    lin = KroneckerPriorClassifier(predictive="linearized", **params).fit(X, y).predict_proba(X)
+    np.testing.assert_allclose(mc, lin, atol=0.02)
+
+
+@pytest.mark.parametrize("scaling", ["pac-bayes", "validation"])
+def test_scalings(iris, scaling):
+    X, y = iris
+    clf = KroneckerPriorClassifier(scaling=scaling, **FAST).fit(X, y)
+    assert clf.score(X, y) > 0.85
+    scales = clf.posterior_.temperature
+    assert all(v > 0 for v in scales.values())
+
+
+def test_partial_fit_semantics(iris):
+    X, y = iris
+    clf = KroneckerPriorClassifier(**FAST)
+    with pytest.raises(ValueError, match="classes"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[:75], y[:75], classes=[0, 1, 2])
+    assert clf.n_tasks_ == 1
+    first_post = clf.posterior_
+    expected_prior = first_post.as_prior()
+    clf.partial_fit(X[75:], y[75:])
+    assert clf.n_tasks_ == 2
+    # the second task's prior is the first task's posterior (compressed)
+    for name, g in clf.prior_.groups.items():
+        e = expected_prior.groups[name]
+        assert torch.equal(g.mean, e.mean)
+        torch.testing.assert_close(g.precision.to_dense(), e.precision.to_dense())
+    with pytest.raises(ValueError, match="unseen labels"):
+        clf.partial_fit(X[:10], np.full(10, 7))
+    with pytest.raises(ValueError, match="features"):
+        clf.partial_fit(X[:10, :3], y[:10])
+    with pytest.raises(ValueError, match="classes"):
+        clf.partial_fit(X[:10], y[:10], classes=[0, 1])
+
+
+def test_prior_from_file_and_learned_prior(tmp_path):
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    src = y < 5
+    source = KroneckerPriorClassifier(Net, module__width=32, **FAST).fit(X[src], y[src])
+    prior = learn_prior(source.module_, torch.from_numpy(X[src]), torch.from_numpy(y[src]),
+                        weight_decay=1.0, head="head", progress=False)
+    prior.save(tmp_path / "prior.pt")
+    tgt = ~src
+    clf = KroneckerPriorClassifier(Net, module__width=32, prior=str(tmp_path / "prior.pt"), **FAST)
+    clf.fit(X[tgt][:100], y[tgt][:100])
+    # the body was initialized at the prior mean and the head got the isotropic prior
+    assert clf.prior_.groups["head"].mean.abs().sum() == 0
+    torch.testing.assert_close(clf.prior_.groups["body.0"].mean, prior.groups["body.0"].mean)
+
+
+def test_prior_that_does_not_fit_the_module(iris):
+    X, y = iris
+    prior = isotropic_prior(Net(5, 3), weight_decay=1.0)
+    with pytest.raises(ValueError, match="prior"):
+        KroneckerPriorClassifier(Net, prior=prior, **FAST).fit(X, y)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"prior_scale": 0.0}, "prior_scale"), ({"temperature": -1.0}, "temperature"),
+    ({"weight_decay": float("nan")}, "weight_decay"), ({"likelihood_scale": 0}, "likelihood_scale"),
+    ({"n_samples": 0}, "n_samples"), ({"predictive": "bogus"}, "predictive"),
+    ({"scaling": "x"}, "scaling"), ({"module": 3}, "module"), ({"device": "nodevice"}, "device"),
+])
+def test_bad_hyperparameters(iris, kw, match):
+    X, y = iris
+    with pytest.raises(ValueError, match=match):
+        KroneckerPriorClassifier(**{**FAST, **kw}).fit(X, y)
+
+
+def test_bad_data(iris):
+    import scipy.sparse as sp
+    from sklearn.exceptions import NotFittedError
+
+    X, y = iris
+    clf = KroneckerPriorClassifier(**FAST)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+    Xn = X.copy()
+    Xn[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(Xn, y)
+    Xi = X.copy()
+    Xi[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        clf.fit(Xi, y)
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        clf.fit(sp.csr_matrix(X), y)
+    with pytest.raises(ValueError, match="1 class"):
+        clf.fit(X, np.zeros(len(y)))
+    with pytest.raises(ValueError, match="0 sample"):
+        clf.fit(X[:0], y[:0])
+    clf.fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(X[:, :3])
+
+
+def test_pac_bayes_estimator_certifies(iris):
+    X, y = iris
+    est = PACBayesBoundEstimator(**FAST).fit(X, y)
+    cert = est.certificate_
+    assert cert.protocol == "certificate" and cert.n == len(y) and cert.m == len(y)
+    assert 0 < est.bound_ <= 1 and est.bound_ >= cert.corrected_risk >= cert.empirical_gibbs_risk - 1e-12
+    assert cert.recompute() == pytest.approx(cert.risk_bound, abs=1e-12)
+    assert est.score(X, y) > 0.8
+    paper = est.certify(X, y, protocol="paper")
+    assert paper.protocol == "paper" and paper.confidence == pytest.approx(0.9)
+
+
+def test_pac_bayes_prior_grid_pays_union_bound(iris):
+    X, y = iris
+    est = PACBayesBoundEstimator(prior_scales=[0.5, 1.0, 2.0], **FAST).fit(X, y)
+    assert est.certificate_.union_size == 3
+    assert est.prior_scale_ in (0.5, 1.0, 2.0)
+
+
+@pytest.mark.parametrize("objective", ["mcallester", "map"])
+def test_pac_bayes_objectives(iris, objective):
+    X, y = iris
+    est = PACBayesBoundEstimator(objective=objective, bound="mcallester", **FAST).fit(X, y)
+    assert 0 < est.bound_ <= 1
+
+
+def test_default_constructor_works_like_mlpclassifier():
+    X, y = make_blobs(n_samples=200, centers=3, random_state=1)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, random_state=0)
+    clf = make_pipeline(StandardScaler(), KroneckerPriorClassifier(device="cpu", random_state=0))
+    assert clf.fit(X_train, y_train).score(X_test, y_test) > 0.9
+    assert isinstance(clf[-1].module_, MLP)

@@ -14,14 +14,16 @@ draw of the ``n`` i.i.d. bound points, simultaneously for all ``Q``:
 
 - kl bound (Seeger 2002; Maurer 2004), with
   :math:`\varepsilon = \mathrm{KL}(Q \| P) + \ln(2 \sqrt{n} / \delta)`:
-  :math:`\mathrm{kl}(r \| R) \le \varepsilon / n`, so :math:`R \le \mathrm{kl}^{-1}(r, \varepsilon / n)`;
+  :math:`\mathrm{kl}(r \| R) \le \varepsilon / n`, so
+  :math:`R \le \mathrm{kl}^{-1}(r, \varepsilon / n)`;
 - McAllester (1999) in Maurer's form, the kl bound relaxed by Pinsker's inequality
   :math:`\mathrm{kl}(r \| R) \ge 2 (R - r)^2`: :math:`R \le r + \sqrt{\varepsilon / (2 n)}`;
 - Catoni (2007) for a constant ``C > 0`` fixed before seeing the bound points:
   :math:`R \le (1 - \exp(-C r - (\mathrm{KL} + \ln(1/\delta)) / n)) / (1 - e^{-C})`.
 
 The binary KL is :math:`\mathrm{kl}(q \| p) = q \ln(q/p) + (1 - q) \ln((1-q)/(1-p))` with
-:math:`0 \ln 0 = 0`; :math:`\mathrm{kl}^{-1}(q, c) = \max\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}`.
+:math:`0 \ln 0 = 0`;
+:math:`\mathrm{kl}^{-1}(q, c) = \max\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}`.
 
 Two corrections make a certificate honest (METHOD.md, section 6):
 
@@ -236,7 +238,8 @@ def _kl_inv_unchecked(q: float, c: float) -> float:
     if q == 0.0:  # closed form, kl(0 || p) = -ln(1 - p)
         return _round_up_to_root(q, -math.expm1(-c), c)
     # Two upper bounds on the root, so Newton starts on its right:
-    # Pinsker, kl(q || p) >= 2 (p - q)^2; and (1 - q) ln(1 / (1 - p)) = c + H(q) + q ln p <= c + H(q).
+    # Pinsker, kl(q || p) >= 2 (p - q)^2; and, at the root,
+    # (1 - q) ln(1 / (1 - p)) = c + H(q) + q ln p <= c + H(q).
     p = min(q + math.sqrt(0.5 * c), -math.expm1(-(c + _entropy(q)) / (1.0 - q)))
     if p >= 1.0:
         return 1.0
@@ -778,7 +781,7 @@ class Certificate:
     n_errors: int | None = None
     delta_mc: float = 0.0
     union_size: int = 1
-    kl_per_group: dict[str, float] | None = None
+    kl_per_group: dict[str, float] | None = dataclasses.field(default=None, hash=False)
     catoni_C: float | None = None
     catoni_grid: tuple[float, ...] | None = None
     risk_estimate: str = "gibbs"

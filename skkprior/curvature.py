@@ -706,14 +706,15 @@ class _Recorder:
         if isinstance(module, nn.Conv2d):
             U = _conv_patches(module, x).to(cdtype)  # (B, m_in, L)
             count = U.shape[0] * U.shape[2]
-            S_A[:m_in, :m_in] += torch.tensordot(U, U, dims=([0, 2], [0, 2])).to(torch.float64)
-            colsum = U.sum(dim=(0, 2)) if layer.has_bias else None
+            Ut = U.transpose(0, 1).reshape(U.shape[1], -1)  # one copy: (m_in, B L)
+            S_A[:m_in, :m_in] += Ut @ Ut.T  # float64 += float32: no extra conversion copy
+            colsum = Ut.sum(dim=1) if layer.has_bias else None
             if self.kfoc:
                 self.inputs.setdefault(name, []).append(U.to(torch.float64))
         else:
             x2 = x.reshape(-1, x.shape[-1]).to(cdtype)
             count = x2.shape[0]
-            S_A[:m_in, :m_in] += (x2.T @ x2).to(torch.float64)
+            S_A[:m_in, :m_in] += x2.T @ x2
             colsum = x2.sum(dim=0) if layer.has_bias else None
             if self.kfoc:
                 B = x.shape[0] if x.ndim > 1 else 1
@@ -734,11 +735,12 @@ class _Recorder:
         def hook(grad: torch.Tensor) -> None:
             g = grad.detach().to(torch.promote_types(grad.dtype, torch.float32))
             if is_conv:
-                gg = torch.tensordot(g, g, dims=([0, 2, 3], [0, 2, 3]))
+                gt = g.transpose(0, 1).reshape(g.shape[1], -1)  # one copy: (n, B H W)
+                gg = gt @ gt.T
             else:
                 g2 = g.reshape(-1, g.shape[-1])
                 gg = g2.T @ g2
-            self.sums.S_G[name] += gg.to(torch.float64)
+            self.sums.S_G[name] += gg
             if self.kfoc:
                 B = g.shape[0]
                 gm = g.reshape(B, layer.n, -1) if is_conv else g.reshape(B, -1, layer.n).transpose(1, 2)

@@ -140,6 +140,11 @@ def _engine_class():
     return _PriorEngine
 
 
+# Relative grids of scaling="validation" (multiples of the given prior_scale and temperature).
+_VALIDATION_PRIOR_GRID = (1.0, 10.0, 100.0, 1000.0)
+_VALIDATION_TEMPERATURE_GRID = (1.0, 0.1, 0.01)
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -340,6 +345,7 @@ class _BaseKronecker(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Class labels of the highest posterior predictive probability."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     # -- pickling: a fitted estimator pickled on a GPU loads on a CPU-only machine -------------------------
@@ -394,10 +400,14 @@ class KroneckerPriorClassifier(_BaseKronecker):
         ``beta``, multiplies the curvature in the posterior (and the likelihood in the MAP loss).
     temperature : float, default=1.0
         ``tau``, multiplies the posterior covariance (``< 1`` is a cold posterior).
-    scaling : {"fixed", "pac-bayes", "validation"}, default="fixed"
-        How ``(alpha, beta, tau)`` are chosen after training: kept as given; tuned by the
-        paper's PAC-Bayes objective (Catoni) on the training data; or picked on a grid by the
-        predictive NLL of a held-out ``validation_fraction`` of the data.
+    scaling : {"validation", "pac-bayes", "fixed"}, default="validation"
+        How ``(alpha, beta, tau)`` are chosen after training: picked on a grid
+        (``alpha`` times 1, 10, 100, 1000 and ``tau`` times 1, 0.1, 0.01) by the predictive NLL
+        of a held-out ``validation_fraction`` of the data (the MAP is trained on the rest;
+        tiny data sets fall back to the training data); tuned by the paper's PAC-Bayes
+        objective (Catoni) on the training data; or kept as given. With a broad isotropic
+        prior the Laplace posterior is too wide for the Monte-Carlo predictive unless its
+        scales are tuned, hence the default.
     validation_fraction : float, default=0.1
         Held-out fraction for ``scaling="validation"``.
     fisher : {"mc", "exact", "empirical"}, default="mc"
@@ -464,7 +474,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
 
     def __init__(self, module: Any = None, *, prior: Any = None, weight_decay: float = 1.0,
                  prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
-                 scaling: str = "fixed", validation_fraction: float = 0.1, fisher: str = "mc",
+                 scaling: str = "validation", validation_fraction: float = 0.1, fisher: str = "mc",
                  predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2,
                  batch_size: int = 64, optimizer: Any = torch.optim.Adam, callbacks: Any = None,
                  device: str = "auto", random_state: Any = None, verbose: int = 0,
@@ -571,11 +581,16 @@ class KroneckerPriorClassifier(_BaseKronecker):
 
     def _fit_task(self, module: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray) -> None:
         seed = self.random_seed_ + 7919 * getattr(self, "n_tasks_", 0)
-        X_fit, y_fit, X_val, y_val = X, y, None, None
+        X_fit, y_fit, X_val, y_val = X, y, X, y
         if self.scaling == "validation":
-            stratify = y if np.bincount(y).min() >= 2 else None
-            X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=self.validation_fraction,
-                                                          random_state=seed, stratify=stratify)
+            n_val = int(math.ceil(self.validation_fraction * len(y)))
+            counts = np.bincount(y)
+            if n_val >= 2 * len(counts) and len(y) - n_val >= 2 * len(counts) and counts.min() >= 2:
+                X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=n_val, random_state=seed,
+                                                              stratify=y)
+            else:
+                logger.warning("scaling='validation': %d samples are too few to hold out a validation "
+                               "set; the scales are chosen on the training data", len(y))
         weight = self.prior_scale / self.likelihood_scale
         self.history_ = self._train(module, X_fit, y_fit, self._map_loss(prior, len(y_fit), weight), seed,
                                     self.device_)
@@ -588,6 +603,8 @@ class KroneckerPriorClassifier(_BaseKronecker):
         elif self.scaling == "validation":
             gen = torch.Generator(device=self.device_).manual_seed(seed + 3)
             post = tune_validation(post, module, torch.from_numpy(X_val), torch.from_numpy(y_val),
+                                   prior_scales=[self.prior_scale * g for g in _VALIDATION_PRIOR_GRID],
+                                   temperatures=[self.temperature * g for g in _VALIDATION_TEMPERATURE_GRID],
                                    n_samples=min(self.n_samples, 30), generator=gen,
                                    predictive="linearized" if self.predictive == "linearized" else "mc").posterior
         self.module_ = module

@@ -261,6 +261,11 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
     return out
 
 
+def _symmetrized(F: Kron) -> Kron:
+    """Curvature factors accumulated from float32 products are symmetric only to rounding."""
+    return Kron((F.G + F.G.mT) / 2, (F.A + F.A.mT) / 2)
+
+
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
     prec = Kron(torch.eye(layer.n, dtype=torch.float64, device=device) * weight_decay,
                 torch.eye(layer.m, dtype=torch.float64, device=device))
@@ -366,7 +371,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
-        F = factors[name]
+        F = _symmetrized(factors[name].to(torch.float64))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         prec = total.nearest(method=nkp_method)
@@ -447,7 +452,7 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
                                                "Compress the prior with as_prior() first."))
             # The prior's temperature is folded into its precision for the posterior's terms.
             P_eff = P * (1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
-            F = F.to(device=P.device, dtype=torch.float64)
+            F = _symmetrized(F.to(device=P.device, dtype=torch.float64))
             prec = KronDecomposed.from_terms(F, P_eff, beta=1.0, alpha=1.0)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
                                         prec, 1.0, (F, P_eff)))

@@ -277,6 +277,7 @@ def test_certificate_recompute_and_json_round_trip(kwargs):
     assert back == cert
     assert back.recompute() == cert.risk_bound
     assert Certificate.from_dict(cert.to_dict()) == cert
+    assert hash(back) == hash(cert)
 
 
 def test_kl_given_as_zero_dim_array_or_tensor():
@@ -356,7 +357,8 @@ def test_paper_protocol():
 @pytest.mark.parametrize("delta", [0.0, 1.0, -0.1, 1.5, float("nan"), True, "0.1"])
 def test_bad_delta(delta):
     for f in (mcallester, kl_bound):
-        with pytest.raises(ValueError, match=r"delta must be a number in the open interval \(0, 1\)"):
+        with pytest.raises(ValueError,
+                           match=r"delta must be a number in the open interval \(0, 1\)"):
             f(0.1, 10.0, 100, delta)
     with pytest.raises(ValueError, match="delta must be"):
         catoni(0.1, 10.0, 100, delta, 1.0)

@@ -65,12 +65,18 @@ class NormNet(nn.Module):
 def build(kind: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed({"mlp": 1, "cnn": 2, "norm": 3}[kind])
     model = {"mlp": make_mlp, "cnn": make_cnn, "norm": NormNet}[kind]().to(DT)
-    if kind == "norm":
-        with torch.no_grad():
-            model.bn.running_mean.normal_()
+    with torch.no_grad():
+        # larger weights, small biases: predicted labels vary across the examples
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.mul_(3.0)
+                if m.bias is not None:
+                    m.bias.mul_(0.1)
+        if kind == "norm":
+            model.bn.running_mean.normal_(0.0, 0.2)
             model.bn.running_var.uniform_(0.5, 2.0)
             model.norm.weight.uniform_(0.5, 1.5)
-            model.norm.bias.normal_()
+            model.norm.bias.normal_(0.0, 0.2)
     gen = torch.Generator().manual_seed(7)
     shape = (12, 1, 6, 6) if kind == "cnn" else (12, 4)
     return model, torch.randn(shape, generator=gen, dtype=DT)
@@ -208,7 +214,7 @@ def test_mc_equals_explicit_loop_over_samples():
 def test_mc_approaches_linearized_for_small_covariance(kind):
     """For a small covariance the sampled logits are Gaussian with the linearized moments."""
     model, X = build(kind)
-    post = make_posterior(model, temperature=1e-3)
+    post = make_posterior(model, temperature=2e-4)
     mu, cov = linearized_logit_moments(model, post, X)
     S = 4000
     samples = post.sample(S, generator=torch.Generator().manual_seed(0))
@@ -219,8 +225,8 @@ def test_mc_approaches_linearized_for_small_covariance(kind):
     emp = torch.einsum("snc,snd->ncd", centred, centred) / (S - 1)
     sd = torch.diagonal(cov, dim1=1, dim2=2).sqrt()
     assert float(sd.min()) > 1e-3
-    # covariance error relative to the standard deviations (Monte-Carlo error ~ 1/sqrt(S))
-    assert float(((emp - cov) / (sd[:, :, None] * sd[:, None, :])).abs().max()) < 0.08
+    # covariance error relative to the standard deviations (Monte-Carlo error ~ 1.4/sqrt(S) = 0.02)
+    assert float(((emp - cov) / (sd[:, :, None] * sd[:, None, :])).abs().max()) < 0.12
     assert float(((logits.mean(0) - mu) / sd).abs().max()) < 0.1
     p_lin = predict_proba_linearized(model, post, X)
     p_mc = predict_proba_mc(model, post, X, n_samples=S, sample_chunk=500,
@@ -337,6 +343,7 @@ def test_gibbs_with_zero_covariance_is_the_deterministic_classifier(kind):
     with torch.no_grad():
         model.eval()
         map_labels = model(X).argmax(1)
+    assert len(map_labels.unique()) > 1            # a test that could notice mixed-up examples
     y = labels_for(model, X)
     y[::2] = map_labels[::2]
     for method in (("auto", "general") if kind == "norm" else ("fast", "general")):

@@ -317,6 +317,18 @@ class Curvature:
         s.n_samples += sums.n_samples
         self._cache = None
 
+    def _adopt(self, sums: _Sums) -> None:
+        """Take over the sums of a fresh pass (no copy) when this curvature is still empty."""
+        if self.n_samples == 0 and self._sums.nll is None and all(
+                v.device == self._device for v in sums.S_A.values()):
+            self._sums = sums
+            for k in self.layers:
+                if self.method == "kfoc":
+                    self._compress(k)
+            self._cache = None
+        else:
+            self._add_sums(sums)
+
     def _compress(self, name: str) -> None:
         terms = self._sums.terms[name]
         if len(terms) <= self.kfoc_max_terms:
@@ -641,11 +653,32 @@ def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=0, stride=module.stride)
 
 
+_GRAM_BLOCK = 128
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """``X^T X`` for ``X`` of shape ``(N, m)``.
+
+    On the CPU with ``m > 2 * _GRAM_BLOCK`` the upper block triangle is computed panel by panel
+    and mirrored (torch exposes no symmetric rank-k update), which saves about a quarter of the
+    time; elsewhere one matrix product.
+    """
+    m = X.shape[1]
+    if X.device.type != "cpu" or m <= 2 * _GRAM_BLOCK:
+        return X.T @ X
+    out = torch.empty(m, m, dtype=X.dtype, device=X.device)
+    for i0 in range(0, m, _GRAM_BLOCK):
+        i1 = min(i0 + _GRAM_BLOCK, m)
+        block = X[:, i0:i1].T @ X[:, i0:]
+        out[i0:i1, i0:] = block
+        out[i1:, i0:i1] = block[:, i1 - i0:].T
+    return out
+
+
 class _Recorder:
     """Installs the hooks of one pass and accumulates one mini-batch at a time."""
 
-    def __init__(self, model: nn.Module, layers: dict[str, KroneckerLayer], sums: _Sums, kfoc: bool,
-                 n_vectors_hint: int = 1) -> None:
+    def __init__(self, model: nn.Module, layers: dict[str, KroneckerLayer], sums: _Sums, kfoc: bool) -> None:
         self.model = model
         self.layers = layers
         self.sums = sums
@@ -658,6 +691,9 @@ class _Recorder:
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.grads: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
+        # float64 running sums of the pass: sum x x^T (without bias) and sum x, per layer
+        self.xx: dict[str, torch.Tensor] = {}
+        self.xs: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "_Recorder":
         for name in self.layers:
@@ -701,31 +737,43 @@ class _Recorder:
     def _record_input(self, name: str, layer: KroneckerLayer, module: nn.Module, x: torch.Tensor,
                       output: torch.Tensor) -> None:
         cdtype = torch.promote_types(x.dtype, torch.float32)
-        S_A = self.sums.S_A[name]
-        m_in = layer.m - 1 if layer.has_bias else layer.m
         if isinstance(module, nn.Conv2d):
             U = _conv_patches(module, x).to(cdtype)  # (B, m_in, L)
             count = U.shape[0] * U.shape[2]
-            Ut = U.transpose(0, 1).reshape(U.shape[1], -1)  # one copy: (m_in, B L)
-            S_A[:m_in, :m_in] += Ut @ Ut.T  # float64 += float32: no extra conversion copy
-            colsum = Ut.sum(dim=1) if layer.has_bias else None
+            X2 = U.transpose(1, 2).reshape(-1, U.shape[1])  # one copy: (B L, m_in)
             if self.kfoc:
                 self.inputs.setdefault(name, []).append(U.to(torch.float64))
         else:
-            x2 = x.reshape(-1, x.shape[-1]).to(cdtype)
-            count = x2.shape[0]
-            S_A[:m_in, :m_in] += x2.T @ x2
-            colsum = x2.sum(dim=0) if layer.has_bias else None
+            X2 = x.reshape(-1, x.shape[-1]).to(cdtype)
+            count = X2.shape[0]
             if self.kfoc:
                 B = x.shape[0] if x.ndim > 1 else 1
                 self.inputs.setdefault(name, []).append(
                     x.reshape(B, -1, x.shape[-1]).transpose(1, 2).to(torch.float64))
-        if colsum is not None:
-            c64 = colsum.to(torch.float64)
-            S_A[:m_in, m_in] += c64
-            S_A[m_in, :m_in] += c64
-            S_A[m_in, m_in] += count
+        gram = _gram(X2)
+        if name in self.xx:
+            self.xx[name] += gram  # float64 += float32, contiguous
+        else:
+            self.xx[name] = gram.to(torch.float64)
+        if layer.has_bias:
+            colsum = X2.sum(dim=0)
+            if name in self.xs:
+                self.xs[name] += colsum
+            else:
+                self.xs[name] = colsum.to(torch.float64)
         self.sums.positions[name] += count
+
+    def finish(self) -> None:
+        """Write the input sums of the pass into ``S_A`` (bias row and column last)."""
+        for name, xx in self.xx.items():
+            S_A = self.sums.S_A[name]
+            m_in = xx.shape[0]
+            S_A[:m_in, :m_in] += xx
+            if name in self.xs:
+                S_A[:m_in, m_in] += self.xs[name]
+                S_A[m_in, :m_in] += self.xs[name]
+                S_A[m_in, m_in] += self.sums.positions[name]
+        self.xx, self.xs = {}, {}
 
     # -- backward -------------------------------------------------------------------------
     def _make_grad_hook(self, name: str, layer: KroneckerLayer, module: nn.Module,
@@ -958,6 +1006,7 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
                 sums.n_samples += int(xb.shape[0])
                 if bar is not None:
                     bar.update(1)
+            rec.finish()
     finally:
         if bar is not None:
             bar.close()
@@ -1096,7 +1145,7 @@ def kfac(model: nn.Module, X: Any, y: Any = None, *, fisher: FisherType = "mc",
     sums = _run_pass(model, X, y, layers=layers, fisher=fisher, likelihood=likelihood,
                      kfoc=method == "kfoc", device=device, **options)
     curv._options = options
-    curv._add_sums(sums)
+    curv._adopt(sums)
     return curv
 
 

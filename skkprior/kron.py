@@ -854,15 +854,16 @@ class KronDecomposed:
         """``Lambda = beta D_G D_A^T + alpha``, shape ``(n, m)``, in the joint eigenbasis."""
         if self._lam is not None:
             return self._lam
-        lam = torch.outer(self.D_G * self.beta, self.D_A) + self.alpha
-        if not lam.requires_grad:
-            self._lam = lam
-        return lam
+        lam = torch.outer(self.D_G * self.beta, self.D_A)
+        if lam.requires_grad or (isinstance(self.alpha, torch.Tensor) and self.alpha.requires_grad):
+            return lam + self.alpha
+        self._lam = lam.add_(self.alpha)
+        return self._lam
 
     def _inverse_eigenvalues(self) -> torch.Tensor:
         if self._inv_lam is not None:
             return self._inv_lam
-        inv = 1.0 / self.eigenvalues()
+        inv = torch.reciprocal(self.eigenvalues())
         if not inv.requires_grad:
             self._inv_lam = inv
         return inv

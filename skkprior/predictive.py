@@ -798,7 +798,7 @@ def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, b
     out = []
     with torch.no_grad(), _hooks(regs):
         for start, stop in _batches(X.shape[0], batch_size):
-            out.append(runner(params, runner.batch(X, start, stop)).argmax(dim=-1))
+            out.append(runner(params, runner.batch(X, start, stop)))
     return torch.cat(out)
 
 
@@ -814,7 +814,7 @@ def _gibbs_general(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor
     with torch.no_grad():
         for start, stop in _batches(X.shape[0], chunk):
             params = runner.cast_samples(gaussian.sample(stop - start, generator=generator, dtype=runner.dtype))
-            out.append(batched(params, runner.batch(X, start, stop)).argmax(dim=-1))
+            out.append(batched(params, runner.batch(X, start, stop)))
     return torch.cat(out)
 
 
@@ -872,15 +872,16 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
     (torch.Size([50]), torch.int64, True)
     """
     X = _as_input(X)
-    labels, _ = _gibbs_passes(model, gaussian, X, passes=1, generator=generator, batch_size=batch_size,
+    logits, _ = _gibbs_logits(model, gaussian, X, passes=1, generator=generator, batch_size=batch_size,
                               method=method, device=device)
-    return labels[0]
+    return logits[0].argmax(dim=-1)
 
 
-def _gibbs_passes(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor, *, passes: int,
+def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor, *, passes: int,
                   generator: torch.Generator | None, batch_size: int, method: str,
                   device: Any) -> tuple[list[torch.Tensor], int]:
-    """Gibbs labels for ``passes`` passes over ``X`` and the number of classes."""
+    """Logits ``f(x_i; theta_i)`` with a fresh draw per example, for ``passes`` passes over ``X``,
+    and the number of classes."""
     batch_size = _check_int(batch_size, "batch_size")
     generator = _check_generator(generator)
     if method not in ("auto", "fast", "general"):
@@ -942,12 +943,12 @@ def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: 
     passes = _check_int(passes, "passes")
     X = _as_input(X)
     y = _as_labels(y, X.shape[0])
-    labels, n_classes = _gibbs_passes(model, gaussian, X, passes=passes, generator=generator,
+    logits, n_classes = _gibbs_logits(model, gaussian, X, passes=passes, generator=generator,
                                       batch_size=batch_size, method=method, device=device)
     if int(y.max()) >= n_classes:
         raise ValueError(error_message("y", f"labels in 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
                                        f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))
-    n_errors = sum(int((lab.cpu() != y).sum()) for lab in labels)
+    n_errors = sum(int((out.argmax(dim=-1).cpu() != y).sum()) for out in logits)
     return n_errors, passes * int(X.shape[0])
 
 

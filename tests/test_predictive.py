@@ -85,8 +85,8 @@ def build(kind: str) -> tuple[nn.Module, torch.Tensor]:
 def random_curvature(model: nn.Module, gen: torch.Generator, scale: float = 1.0) -> dict[str, Kron]:
     out = {}
     for name, layer in kronecker_layers(model).items():
-        g = torch.randn(layer.n, max(1, layer.n - 1), generator=gen, dtype=DT)
-        a = torch.randn(layer.m, max(1, layer.m - 1), generator=gen, dtype=DT)
+        g = torch.randn(layer.n, layer.n + 1, generator=gen, dtype=DT)
+        a = torch.randn(layer.m, layer.m + 1, generator=gen, dtype=DT)
         out[name] = Kron(scale * g @ g.T, a @ a.T)
     return out
 
@@ -94,7 +94,8 @@ def random_curvature(model: nn.Module, gen: torch.Generator, scale: float = 1.0)
 def make_posterior(model: nn.Module, temperature: float = 1.0, weight_decay: float = 2.0, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     prior = isotropic_prior(model, weight_decay=weight_decay)
-    return posterior(prior, random_curvature(model, gen), model, prior_scale=1.0, likelihood_scale=1.0,
+    # curvature eigenvalues comparable to the prior's: Lambda spreads over ~[1, 20]
+    return posterior(prior, random_curvature(model, gen), model, prior_scale=1.0, likelihood_scale=0.1,
                      temperature=temperature)
 
 
@@ -114,6 +115,13 @@ def make_kron_gaussian(model: nn.Module, seed: int = 0) -> KroneckerPrior:
         g.temperature = 0.5
         groups.append(g)
     return KroneckerPrior(groups, base.metadata)
+
+
+def scaled_kron_gaussian(model: nn.Module, temperature: float) -> KroneckerPrior:
+    gauss = make_kron_gaussian(model)
+    for g in gauss:
+        g.temperature = temperature
+    return gauss
 
 
 def snapshot(model: nn.Module):
@@ -303,6 +311,30 @@ def labels_for(model, X):
     with torch.no_grad():
         model.eval()
         return model(X).topk(2, dim=1).indices[:, 1]
+
+
+@pytest.mark.parametrize("kind,method,precision", [
+    ("mlp", "fast", "decomposed"), ("mlp", "fast", "kron"), ("cnn", "fast", "decomposed"),
+    ("cnn", "fast", "kron"), ("cnn", "general", "decomposed"), ("norm", "general", "decomposed"),
+])
+def test_gibbs_logits_have_the_linearized_moments_at_small_temperature(kind, method, precision):
+    """Per-example draws of every path have the right covariance, not only the right labels."""
+    from skkprior.predictive import _gibbs_logits
+
+    model, X = build(kind)
+    gauss = (make_posterior(model, temperature=2e-4) if precision == "decomposed"
+             else scaled_kron_gaussian(model, 2e-4))
+    mu, cov = linearized_logit_moments(model, gauss, X[:3])
+    S = 3000
+    Xr = X[:3].repeat(S, *([1] * (X.ndim - 1)))
+    (logits,), _ = _gibbs_logits(model, gauss, Xr, passes=1, generator=torch.Generator().manual_seed(0),
+                                 batch_size=1000, method=method, device=None)
+    logits = logits.reshape(S, 3, -1)
+    centred = logits - logits.mean(0)
+    emp = torch.einsum("snc,snd->ncd", centred, centred) / (S - 1)
+    sd = torch.diagonal(cov, dim1=1, dim2=2).sqrt()
+    assert float(((emp - cov) / (sd[:, :, None] * sd[:, None, :])).abs().max()) < 0.12
+    assert float(((logits.mean(0) - mu) / sd).abs().max()) < 0.12
 
 
 @pytest.mark.parametrize("kind,precision", [("mlp", "decomposed"), ("cnn", "decomposed"), ("mlp", "kron"),

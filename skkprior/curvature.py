@@ -856,7 +856,7 @@ def _kfoc_batch(a: torch.Tensor, g: torch.Tensor) -> Kron | None:
 
     sigma = torch.zeros((), dtype=torch.float64, device=a.device)
     G = A.new_zeros(n, n)
-    for _ in range(_POWER_MAX_ITER):
+    for _it in range(_POWER_MAX_ITER):
         G = step_g(A)
         G = G / torch.linalg.matrix_norm(G).clamp_min(1e-300)
         A_new = step_a(G)
@@ -865,6 +865,7 @@ def _kfoc_batch(a: torch.Tensor, g: torch.Tensor) -> Kron | None:
         delta = float(torch.linalg.matrix_norm(A_new - A))
         A = A_new
         if delta <= _POWER_TOL:
+            logger.debug("kfoc iterations %d", _it)
             break
     G = (G + G.T) / 2
     A = (A + A.T) / 2

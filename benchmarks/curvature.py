@@ -146,6 +146,29 @@ def bench_model(name: str, model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
     return row
 
 
+def write_profile(path: Path, model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int,
+                  device: torch.device) -> None:
+    """torch.profiler tables (top operators by self time) of one K-FAC pass and one epoch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    train_copy = copy.deepcopy(model)
+    jobs = {"kfac_mc": lambda: kfac(model, X, y, fisher="mc", batch_size=batch_size, progress=False),
+            "epoch": lambda: epoch(train_copy, X, y, batch_size)}
+    text = []
+    for name, fn in jobs.items():
+        fn()
+        sync(device)
+        with profile(activities=activities) as prof:
+            fn()
+            sync(device)
+        text.append(f"== {name}\n" + prof.key_averages().table(sort_by=sort, row_limit=30))
+        text.append(f"== {name} by CPU time\n" + prof.key_averages().table(sort_by="self_cpu_time_total",
+                                                                          row_limit=30))
+    path.write_text("\n".join(text))
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Curvature pass vs one training epoch",
@@ -187,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--no-laplace", action="store_true", help="skip laplace-torch even if importable")
     parser.add_argument("--out", default=str(RESULTS / "curvature"), help="output path without suffix")
+    parser.add_argument("--profile", default=None, help="write torch.profiler tables of the CNN pass and epoch here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -211,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench_model("MNIST CNN (DATA.md)", cnn, X, y, batch_size=args.batch_size, device=device,
                     repeats=repeats, with_laplace=with_laplace),
     ]
+    if args.profile:
+        write_profile(Path(args.profile), cnn.to(device), X, y, args.batch_size, device)
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"

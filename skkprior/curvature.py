@@ -97,7 +97,10 @@ def _check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
 # ------------------------------------------------------------------------------------------
 @dataclass
 class _Sums:
-    """Sums and counts of one pass or of a whole accumulation (float64)."""
+    """Sums and counts of one pass or of a whole accumulation (float64).
+
+    ``S_A`` and ``S_G`` may lack a layer, which then counts as zero (no allocation for nothing).
+    """
 
     S_A: dict[str, torch.Tensor]
     S_G: dict[str, torch.Tensor]
@@ -108,20 +111,86 @@ class _Sums:
     has_nll: bool = True
 
     @classmethod
-    def zeros(cls, layers: dict[str, KroneckerLayer], device: torch.device, kfoc: bool) -> "_Sums":
-        f64 = torch.float64
-        return cls(
-            S_A={k: torch.zeros(v.m, v.m, dtype=f64, device=device) for k, v in layers.items()},
-            S_G={k: torch.zeros(v.n, v.n, dtype=f64, device=device) for k, v in layers.items()},
-            positions={k: 0 for k in layers},
-            terms={k: [] for k in layers} if kfoc else {},
-        )
+    def empty(cls, layers: dict[str, KroneckerLayer], kfoc: bool) -> "_Sums":
+        return cls(S_A={}, S_G={}, positions={k: 0 for k in layers},
+                   terms={k: [] for k in layers} if kfoc else {})
+
+    def materialize(self, layers: dict[str, KroneckerLayer], device: torch.device) -> None:
+        """Allocate zeros for the missing sums."""
+        for k, v in layers.items():
+            if k not in self.S_A:
+                self.S_A[k] = torch.zeros(v.m, v.m, dtype=torch.float64, device=device)
+            if k not in self.S_G:
+                self.S_G[k] = torch.zeros(v.n, v.n, dtype=torch.float64, device=device)
 
 
-def _positions_of_module(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Conv2d):
-        return int(out.shape[0]) * int(out.shape[2]) * int(out.shape[3])
-    return int(x.numel() // x.shape[-1])
+class _GramAccumulator:
+    """Running float64 sum of ``P P^T`` over mini-batches ``P`` of shape ``(m, N)`` (one column per sample).
+
+    Products in float32 are accumulated with ``addmm_`` in a float32 buffer for at most
+    ``_FLUSH_EVERY`` mini-batches, then added to the float64 total (each product already sums
+    ``N`` float32 terms, so this adds no error of a larger order and saves a float64 pass per
+    batch). On the CPU with ``m > 2 * _GRAM_BLOCK`` only the upper block triangle is formed
+    (torch exposes no symmetric rank-k update) and mirrored at the end.
+    """
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.pending = 0
+        self.upper = False
+
+    def add(self, P: torch.Tensor) -> None:
+        m = P.shape[0]
+        if self.buf is None:
+            self.upper = P.device.type == "cpu" and m > 2 * _GRAM_BLOCK
+            self.buf = torch.zeros(m, m, dtype=P.dtype, device=P.device)
+        if self.upper:
+            for i0 in range(0, m, _GRAM_BLOCK):
+                i1 = min(i0 + _GRAM_BLOCK, m)
+                self.buf[i0:i1, i0:].addmm_(P[i0:i1], P[i0:].T)
+        else:
+            self.buf.addmm_(P, P.T)
+        self.pending += 1
+        if self.buf.dtype != torch.float64 and self.pending >= _FLUSH_EVERY:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buf is None or self.pending == 0:
+            return
+        if self.total is None:
+            self.total = self.buf.to(torch.float64, copy=True)
+        else:
+            self.total += self.buf
+        self.buf.zero_()
+        self.pending = 0
+
+    def result(self) -> torch.Tensor | None:
+        """The float64 sum (None when nothing was added)."""
+        if self.buf is None:
+            return None
+        if self.buf.dtype == torch.float64:
+            total = self.buf
+        else:
+            self._flush()
+            total = self.total
+        assert total is not None
+        if self.upper:
+            m = total.shape[0]
+            for i0 in range(0, m, _GRAM_BLOCK):
+                i1 = min(i0 + _GRAM_BLOCK, m)
+                total[i1:, i0:i1] = total[i0:i1, i1:].T
+        self.buf = self.total = None
+        return total
+
+
+_GRAM_BLOCK = 128
+_FLUSH_EVERY = 16
+
+
+def _sym(M: torch.Tensor) -> torch.Tensor:
+    """``(M + M^T) / 2``: exactly symmetric (float32 products are symmetric only up to rounding)."""
+    return (M + M.T) / 2
 
 
 class Curvature:
@@ -199,7 +268,7 @@ class Curvature:
             raise ValueError(error_message("kfoc_max_terms", "a positive integer", kfoc_max_terms))
         self.kfoc_max_terms = kfoc_max_terms
         self._device = torch.device("cpu") if device is None else torch.device(device)
-        self._sums = _Sums.zeros(self.layers, self._device, self.method == "kfoc")
+        self._sums = _Sums.empty(self.layers, self.method == "kfoc")
         self._merge_error: dict[str, float] = {k: 0.0 for k in self.layers}
         self._cache: dict[str, Kron] | None = None
         self._options: dict[str, Any] = {}
@@ -248,9 +317,16 @@ class Curvature:
 
     def _kfac_input_factor(self, name: str) -> torch.Tensor:
         count = self._sums.positions[name]
-        if count == 0:
-            return torch.zeros_like(self._sums.S_A[name])
+        if count == 0 or name not in self._sums.S_A:
+            m = self.layers[name].m
+            return torch.zeros(m, m, dtype=torch.float64, device=self._device)
         return self._sums.S_A[name] / count
+
+    def _output_factor(self, name: str) -> torch.Tensor:
+        if name not in self._sums.S_G:
+            n = self.layers[name].n
+            return torch.zeros(n, n, dtype=torch.float64, device=self._device)
+        return self._sums.S_G[name]
 
     def _compute_factors(self) -> dict[str, Kron]:
         out: dict[str, Kron] = {}
@@ -261,11 +337,11 @@ class Curvature:
         for name in self.layers:
             A_kfac = self._kfac_input_factor(name)
             if self.method == "kfac":
-                out[name] = Kron(self._sums.S_G[name].clone(), A_kfac)
+                out[name] = Kron(_sym(self._output_factor(name)), _sym(A_kfac))
                 continue
             terms = self._sums.terms[name]
             if not terms:
-                out[name] = Kron(torch.zeros_like(self._sums.S_G[name]), A_kfac)
+                out[name] = Kron(torch.zeros_like(self._output_factor(name)), _sym(A_kfac))
                 continue
             if len(terms) == 1:
                 G, A = terms[0].G.clone(), terms[0].A.clone()
@@ -277,7 +353,7 @@ class Curvature:
             tr_a, tr_ref = float(torch.trace(A)), float(torch.trace(A_kfac))
             if tr_a > 0 and tr_ref > 0:
                 G, A = G * (tr_a / tr_ref), A * (tr_ref / tr_a)
-            out[name] = Kron(G, A)
+            out[name] = Kron(_sym(G), _sym(A))
         return out
 
     def __repr__(self) -> str:
@@ -302,8 +378,14 @@ class Curvature:
     def _add_sums(self, sums: _Sums) -> None:
         s = self._sums
         for k in self.layers:
-            s.S_A[k] += sums.S_A[k].to(self._device)
-            s.S_G[k] += sums.S_G[k].to(self._device)
+            for mine, theirs in ((s.S_A, sums.S_A), (s.S_G, sums.S_G)):
+                if k not in theirs:
+                    continue
+                t = theirs[k].to(self._device)
+                if k in mine:
+                    mine[k] += t
+                else:
+                    mine[k] = t.clone() if t is theirs[k] else t
             s.positions[k] += sums.positions[k]
             if self.method == "kfoc":
                 s.terms[k].extend(t.to(self._device) for t in sums.terms.get(k, []))
@@ -319,8 +401,8 @@ class Curvature:
 
     def _adopt(self, sums: _Sums) -> None:
         """Take over the sums of a fresh pass (no copy) when this curvature is still empty."""
-        if self.n_samples == 0 and self._sums.nll is None and all(
-                v.device == self._device for v in sums.S_A.values()):
+        if self.n_samples == 0 and self._sums.nll is None and not self._sums.S_A and all(
+                v.device == self._device for v in [*sums.S_A.values(), *sums.S_G.values()]):
             self._sums = sums
             for k in self.layers:
                 if self.method == "kfoc":
@@ -653,9 +735,6 @@ def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=0, stride=module.stride)
 
 
-_GRAM_BLOCK = 128
-
-
 def _gram(X: torch.Tensor) -> torch.Tensor:
     """``X^T X`` for ``X`` of shape ``(N, m)``.
 
@@ -691,9 +770,10 @@ class _Recorder:
         self.inputs: dict[str, list[torch.Tensor]] = {}
         self.grads: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
-        # float64 running sums of the pass: sum x x^T (without bias) and sum x, per layer
-        self.xx: dict[str, torch.Tensor] = {}
+        # running sums of the pass: sum x x^T (without bias), sum x (float64), sum g g^T
+        self.xx: dict[str, _GramAccumulator] = {k: _GramAccumulator() for k in layers}
         self.xs: dict[str, torch.Tensor] = {}
+        self.gg: dict[str, _GramAccumulator] = {k: _GramAccumulator() for k in layers}
 
     def __enter__(self) -> "_Recorder":
         for name in self.layers:
@@ -740,40 +820,45 @@ class _Recorder:
         if isinstance(module, nn.Conv2d):
             U = _conv_patches(module, x).to(cdtype)  # (B, m_in, L)
             count = U.shape[0] * U.shape[2]
-            X2 = U.transpose(1, 2).reshape(-1, U.shape[1])  # one copy: (B L, m_in)
+            P = U.transpose(0, 1).reshape(U.shape[1], -1)  # one copy: (m_in, B L)
             if self.kfoc:
-                self.inputs.setdefault(name, []).append(U.to(torch.float64))
+                self.inputs.setdefault(name, []).append(U)
         else:
-            X2 = x.reshape(-1, x.shape[-1]).to(cdtype)
-            count = X2.shape[0]
+            P = x.reshape(-1, x.shape[-1]).to(cdtype).T  # a view: (m_in, N T)
+            count = P.shape[1]
             if self.kfoc:
                 B = x.shape[0] if x.ndim > 1 else 1
                 self.inputs.setdefault(name, []).append(
-                    x.reshape(B, -1, x.shape[-1]).transpose(1, 2).to(torch.float64))
-        gram = _gram(X2)
-        if name in self.xx:
-            self.xx[name] += gram  # float64 += float32, contiguous
-        else:
-            self.xx[name] = gram.to(torch.float64)
+                    x.reshape(B, -1, x.shape[-1]).transpose(1, 2).to(cdtype))
+        self.xx[name].add(P)
         if layer.has_bias:
-            colsum = X2.sum(dim=0)
+            colsum = P.sum(dim=1)
             if name in self.xs:
                 self.xs[name] += colsum
             else:
                 self.xs[name] = colsum.to(torch.float64)
         self.sums.positions[name] += count
 
-    def finish(self) -> None:
-        """Write the input sums of the pass into ``S_A`` (bias row and column last)."""
-        for name, xx in self.xx.items():
-            S_A = self.sums.S_A[name]
-            m_in = xx.shape[0]
-            S_A[:m_in, :m_in] += xx
-            if name in self.xs:
-                S_A[:m_in, m_in] += self.xs[name]
-                S_A[m_in, :m_in] += self.xs[name]
-                S_A[m_in, m_in] += self.sums.positions[name]
-        self.xx, self.xs = {}, {}
+    def finish(self, device: torch.device) -> None:
+        """Write the sums of the pass into ``S_A`` (bias row and column last) and ``S_G``."""
+        for name, layer in self.layers.items():
+            xx = self.xx[name].result()
+            if xx is not None:
+                m_in = xx.shape[0]
+                if layer.has_bias:
+                    S_A = torch.empty(layer.m, layer.m, dtype=torch.float64, device=xx.device)
+                    S_A[:m_in, :m_in] = xx
+                    S_A[:m_in, m_in] = self.xs[name]
+                    S_A[m_in, :m_in] = self.xs[name]
+                    S_A[m_in, m_in] = self.sums.positions[name]
+                else:
+                    S_A = xx
+                self.sums.S_A[name] = S_A
+            gg = self.gg[name].result()
+            if gg is not None:
+                self.sums.S_G[name] = gg
+        self.xs = {}
+        self.sums.materialize(self.layers, device)
 
     # -- backward -------------------------------------------------------------------------
     def _make_grad_hook(self, name: str, layer: KroneckerLayer, module: nn.Module,
@@ -783,16 +868,13 @@ class _Recorder:
         def hook(grad: torch.Tensor) -> None:
             g = grad.detach().to(torch.promote_types(grad.dtype, torch.float32))
             if is_conv:
-                gt = g.transpose(0, 1).reshape(g.shape[1], -1)  # one copy: (n, B H W)
-                gg = gt @ gt.T
+                self.gg[name].add(g.transpose(0, 1).reshape(g.shape[1], -1))  # one copy: (n, B H W)
             else:
-                g2 = g.reshape(-1, g.shape[-1])
-                gg = g2.T @ g2
-            self.sums.S_G[name] += gg
+                self.gg[name].add(g.reshape(-1, g.shape[-1]).T)
             if self.kfoc:
                 B = g.shape[0]
                 gm = g.reshape(B, layer.n, -1) if is_conv else g.reshape(B, -1, layer.n).transpose(1, 2)
-                self.grads.setdefault(name, {})[(self.vector, call)] = gm.to(torch.float64)
+                self.grads.setdefault(name, {})[(self.vector, call)] = gm
 
         return hook
 
@@ -815,7 +897,7 @@ class _Recorder:
                     gm = grads.get((v, c))
                     parts.append(gm if gm is not None else a.new_zeros(a.shape[0], layer.n, U.shape[2]))
                 g_vecs.append(torch.cat(parts, dim=2))
-            g = torch.stack(g_vecs)  # (V, B, n, T)
+            g = torch.stack(g_vecs).to(a.dtype)  # (V, B, n, T)
             term = _kfoc_batch(a, g)
             if term is not None:
                 self.sums.terms[name].append(term)
@@ -823,54 +905,93 @@ class _Recorder:
         self.grads = {}
 
 
-def _kfoc_batch(a: torch.Tensor, g: torch.Tensor) -> Kron | None:
-    """Frobenius-nearest ``G (x) A`` to ``sum_{v,b} vec(X_vb) vec(X_vb)^T``, ``X_vb = g_vb a_b^T``.
+class _GramSide:
+    """One side of a sum of rank-one products ``M(w) = sum_k w_k z_k z_k^T`` (rows ``z_k`` of ``Z``).
 
-    ``a``: ``(B, m, T)``, ``g``: ``(V, B, n, T)``, float64. Rank-1 power iteration on the
-    Van Loan-Pitsianis rearrangement: ``G <- sum X A X^T``, ``A <- sum X^T G X``.
+    Gives the quadratic forms ``z_k^T M(w) z_k`` and ``||M(w)||_F`` either from the Gram matrix
+    (``(Z Z^T)^2``, elementwise; cost ``K^2`` per call after ``K^2 d`` once) or explicitly
+    (``K d^2`` per call), whichever is cheaper for a few iterations.
+    """
+
+    def __init__(self, Z: torch.Tensor) -> None:
+        self.Z = Z
+        K, d = Z.shape
+        self.gram = K <= 4 * d
+        self.K2 = (Z @ Z.T) ** 2 if self.gram else None
+
+    def quad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.K2 is not None:
+            q = self.K2 @ w
+            return q, (w @ q).clamp_min(0).sqrt()
+        M = self.matrix(w)
+        return ((self.Z @ M) * self.Z).sum(dim=1), torch.linalg.matrix_norm(M)
+
+    def matrix(self, w: torch.Tensor) -> torch.Tensor:
+        """``Z^T diag(w) Z`` for ``w >= 0`` (symmetric by construction)."""
+        return _gram(w.clamp_min(0).sqrt()[:, None] * self.Z)
+
+
+def _power_tol(dtype: torch.dtype) -> float:
+    return max(_POWER_TOL, 100 * torch.finfo(dtype).eps)
+
+
+def _kfoc_batch(a: torch.Tensor, g: torch.Tensor) -> Kron | None:
+    """Frobenius-nearest ``G (x) A`` to ``sum_{v,b} vec(X_vb) vec(X_vb)^T``, ``X_vb = sum_t g_vbt a_bt^T``.
+
+    ``a``: ``(B, m, T)``, ``g``: ``(V, B, n, T)`` in the compute dtype. Rank-1 power iteration on
+    the Van Loan-Pitsianis rearrangement, ``G <- sum X A X^T``, ``A <- sum X^T G X``, normalized,
+    started from the batch's K-FAC input factor. For ``T = 1`` every ``X`` is rank one and both
+    factors stay in the span of ``z z^T`` of the inputs / gradients, so the iteration runs on
+    weight vectors (:class:`_GramSide`); otherwise the per-example matrices are formed once.
+    Returns float64 factors (None for an all-zero batch).
     """
     V, B, n, T = g.shape
-    A = torch.einsum("bmt,bkt->mk", a, a)
-    norm = torch.linalg.matrix_norm(A)
-    if float(norm) == 0.0 or float(g.abs().max()) == 0.0:
+    tol = _power_tol(a.dtype)
+    if float(a.abs().max()) == 0.0 or float(g.abs().max()) == 0.0:
         return None
-    A = A / norm
     if T == 1:
-        a1, g1 = a[:, :, 0], g[:, :, :, 0]  # (B, m), (V, B, n)
-
-        def step_g(A_: torch.Tensor) -> torch.Tensor:
-            w = ((a1 @ A_) * a1).sum(dim=1)  # a_b^T A a_b
-            return torch.einsum("vbn,b,vbk->nk", g1, w, g1)
-
-        def step_a(G_: torch.Tensor) -> torch.Tensor:
-            w = ((g1 @ G_) * g1).sum(dim=(0, 2))  # sum_v g_vb^T G g_vb
-            return (a1 * w[:, None]).T @ a1
+        side_a = _GramSide(a[:, :, 0])  # (B, m)
+        side_g = _GramSide(g[:, :, :, 0].reshape(V * B, n))  # rows v * B + b
+        w_a = torch.ones(B, dtype=a.dtype, device=a.device)
+        _, norm_a = side_a.quad(w_a)
+        w_a = w_a / norm_a
+        sigma = norm_a
+        w_g = torch.zeros(V * B, dtype=a.dtype, device=a.device)
+        for _it in range(_POWER_MAX_ITER):
+            q_a, _ = side_a.quad(w_a)  # a_b^T A a_b
+            w_g = q_a.repeat(V)
+            _, norm_g = side_g.quad(w_g)
+            w_g = w_g / norm_g.clamp_min(1e-300)
+            q_g, _ = side_g.quad(w_g)  # g_vb^T G g_vb
+            w_new = q_g.reshape(V, B).sum(dim=0)
+            _, sigma = side_a.quad(w_new)
+            w_new = w_new / sigma.clamp_min(1e-300)
+            delta = float((w_new - w_a).norm() / w_new.norm().clamp_min(1e-300))
+            w_a = w_new
+            if delta <= tol:
+                break
+        root = sigma.to(torch.float64).sqrt()
+        return Kron(side_g.matrix(w_g).to(torch.float64) * root, side_a.matrix(w_a).to(torch.float64) * root)
     else:
+        A = torch.einsum("bmt,bkt->mk", a, a)
+        A = A / torch.linalg.matrix_norm(A)
         X = torch.einsum("vbnt,bmt->vbnm", g, a).reshape(V * B, n, -1)
-
-        def step_g(A_: torch.Tensor) -> torch.Tensor:
-            return torch.tensordot(X @ A_, X, dims=([0, 2], [0, 2]))
-
-        def step_a(G_: torch.Tensor) -> torch.Tensor:
-            return torch.tensordot(X, G_ @ X, dims=([0, 1], [0, 1]))
-
-    sigma = torch.zeros((), dtype=torch.float64, device=a.device)
-    G = A.new_zeros(n, n)
-    for _it in range(_POWER_MAX_ITER):
-        G = step_g(A)
-        G = G / torch.linalg.matrix_norm(G).clamp_min(1e-300)
-        A_new = step_a(G)
-        sigma = torch.linalg.matrix_norm(A_new)
-        A_new = A_new / sigma.clamp_min(1e-300)
-        delta = float(torch.linalg.matrix_norm(A_new - A))
-        A = A_new
-        if delta <= _POWER_TOL:
-            logger.debug("kfoc iterations %d", _it)
-            break
-    G = (G + G.T) / 2
-    A = (A + A.T) / 2
-    root = sigma.sqrt()
-    return Kron(G * root, A * root)
+        sigma = torch.zeros((), dtype=a.dtype, device=a.device)
+        G = A.new_zeros(n, n)
+        for _it in range(_POWER_MAX_ITER):
+            G = torch.tensordot(X @ A, X, dims=([0, 2], [0, 2]))  # sum X A X^T
+            G = G / torch.linalg.matrix_norm(G).clamp_min(1e-300)
+            A_new = torch.tensordot(X, G @ X, dims=([0, 1], [0, 1]))  # sum X^T G X
+            sigma = torch.linalg.matrix_norm(A_new)
+            A_new = A_new / sigma.clamp_min(1e-300)
+            delta = float(torch.linalg.matrix_norm(A_new - A))
+            A = A_new
+            if delta <= tol:
+                break
+    G = G.to(torch.float64)
+    A = A.to(torch.float64)
+    root = sigma.to(torch.float64).sqrt()
+    return Kron((G + G.T) / 2 * root, (A + A.T) / 2 * root)
 
 
 # ------------------------------------------------------------------------------------------
@@ -949,7 +1070,7 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
     run_device = torch.device(device) if device is not None else (
         model_device if model_device.type != "meta" else next(model.parameters()).device)
     data = _batches(X, y, batch_size, likelihood)
-    sums = _Sums.zeros(layers, run_device, kfoc)
+    sums = _Sums.empty(layers, kfoc)
     nll = torch.zeros((), dtype=torch.float64, device=run_device)
     has_nll = True
 
@@ -1007,7 +1128,7 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
                 sums.n_samples += int(xb.shape[0])
                 if bar is not None:
                     bar.update(1)
-            rec.finish()
+            rec.finish(run_device)
     finally:
         if bar is not None:
             bar.close()

@@ -150,7 +150,7 @@ def _as_input(X: Any) -> torch.Tensor:
             raise TypeError(error_message("X", "a numeric array or tensor", type(X).__name__,
                                           "Pass a numpy array or a torch tensor.")) from exc
     if X.ndim == 0 or X.shape[0] == 0:
-        raise ValueError(error_message("X", "a non-empty batch of shape (n_samples, ...)", X,
+        raise ValueError(error_message("X", "a non-empty batch of shape (n_examples, ...)", X,
                                        "Pass at least one example."))
     if X.is_complex():
         raise TypeError(error_message("X", "real-valued", X, "Pass real features."))
@@ -256,7 +256,7 @@ def _probe(runner: _Runner, X: torch.Tensor, params: Mapping[str, torch.Tensor] 
         raise ValueError(error_message("X", expected, X,
                                        f"The model raised {type(exc).__name__}: {str(exc)[:200]}")) from exc
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
-        raise ValueError(error_message("the model's output", "logits of shape (n_samples, n_classes)",
+        raise ValueError(error_message("the model's output", "logits of shape (n_examples, n_classes)",
                                        out if isinstance(out, torch.Tensor) else type(out).__name__,
                                        "Return raw logits from forward()."))
     return int(out.shape[1])
@@ -396,6 +396,17 @@ def _per_example_conv(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
     return out.reshape(B, -1, *out.shape[-2:])
 
 
+def _check_example_major(module: nn.Module, name: str, inp: torch.Tensor, n_batch: int) -> None:
+    """A layer's input must have the examples first (possibly folded with positions, example-major)."""
+    want = 4 if isinstance(module, nn.Conv2d) else 2
+    if inp.ndim < want or inp.shape[0] % n_batch != 0:
+        raise ValueError(error_message(
+            f"the input of layer '{name}' ({type(module).__name__})",
+            f"a batch whose first dimension holds the {n_batch} examples (at least {want}-D)", inp,
+            "Per-example Jacobians need the batch dimension first; positions may be folded into it "
+            "example-major, as x.reshape(n * T, features) does."))
+
+
 def _with_ones(a: torch.Tensor) -> torch.Tensor:
     return torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
 
@@ -410,7 +421,7 @@ def predict_proba_map(model: nn.Module, X: Any, *, batch_size: int = 1024,
     model : nn.Module
         A classifier returning logits of shape ``(n, C)``; not modified (it runs in evaluation
         mode, and every module's mode is restored afterwards).
-    X : array-like or torch.Tensor of shape (n_samples, ...)
+    X : array-like or torch.Tensor of shape (n_examples, ...)
         Inputs; floating-point inputs are cast to the model's dtype.
     batch_size : int, default=1024
         Examples per forward pass.
@@ -420,7 +431,7 @@ def predict_proba_map(model: nn.Module, X: Any, *, batch_size: int = 1024,
 
     Returns
     -------
-    torch.Tensor of shape (n_samples, C), float64
+    torch.Tensor of shape (n_examples, C), float64
         Rows on the simplex, on the compute device.
 
     Raises
@@ -467,7 +478,7 @@ def predict_proba_mc(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *, n
         not cover and all buffers come from it.
     gaussian : LayerwiseGaussian
         The posterior ``Q`` (e.g. a :class:`~skkprior.laplace.KroneckerPosterior`).
-    X : array-like or torch.Tensor of shape (n_samples, ...)
+    X : array-like or torch.Tensor of shape (n_examples, ...)
         Inputs.
     n_samples : int, default=100
         ``S``, the number of parameter draws (the paper uses 100).
@@ -483,7 +494,7 @@ def predict_proba_mc(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *, n
 
     Returns
     -------
-    torch.Tensor of shape (n_samples_X, C), float64
+    torch.Tensor of shape (n_examples, C), float64
 
     Examples
     --------
@@ -588,7 +599,7 @@ def linearized_logit_moments(model: nn.Module, posterior: LayerwiseGaussian, X: 
     posterior : LayerwiseGaussian
         Layer groups with :class:`~skkprior.kron.KronDecomposed`, :class:`~skkprior.kron.Kron`
         or isotropic precisions; other groups with isotropic precisions.
-    X : array-like or torch.Tensor of shape (n_samples, ...)
+    X : array-like or torch.Tensor of shape (n_examples, ...)
         Inputs.
     batch_size : int, default=64
         Examples per forward/backward pass.
@@ -597,9 +608,9 @@ def linearized_logit_moments(model: nn.Module, posterior: LayerwiseGaussian, X: 
 
     Returns
     -------
-    mean : torch.Tensor of shape (n_samples, C), float64
+    mean : torch.Tensor of shape (n_examples, C), float64
         Logits at the posterior mean.
-    cov : torch.Tensor of shape (n_samples, C, C), float64
+    cov : torch.Tensor of shape (n_examples, C, C), float64
         Their covariance under the linearized model.
 
     Examples
@@ -633,14 +644,17 @@ def _linearized_batch(runner: _Runner, posterior: LayerwiseGaussian, layers: lis
                       iso: list[tuple[GaussianGroup, float]], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     records: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {i: [] for i in range(len(layers))}
 
+    n_batch = x.shape[0]
+
     def make_hook(i: int, f: _LayerFactors) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             inp = inputs[0].detach()
-            B = inp.shape[0]
+            _check_example_major(module, f.layer.name, inp, n_batch)
             if isinstance(module, nn.Conv2d):
-                a = _patches(module, inp).transpose(1, 2)                   # (B, L, m_w)
+                a = _patches(module, inp).transpose(1, 2)                   # (B', L, m_w)
             else:
-                a = inp.reshape(B, -1, inp.shape[-1]).clone()              # (B, L, m_w)
+                a = inp.reshape(-1, inp.shape[-1])
+            a = a.reshape(n_batch, -1, a.shape[-1]).clone()                # (B, L, m_w)
             if f.layer.has_bias:
                 a = _with_ones(a)
             records[i].append((a, output))
@@ -653,7 +667,7 @@ def _linearized_batch(runner: _Runner, posterior: LayerwiseGaussian, layers: lis
     with torch.enable_grad(), _hooks(regs):
         logits = runner(params, x)
     if logits.ndim != 2:
-        raise ValueError(error_message("the model's output", "logits of shape (n_samples, n_classes)", logits))
+        raise ValueError(error_message("the model's output", "logits of shape (n_examples, n_classes)", logits))
     B, C = logits.shape
     outputs = [out for i in records for (_, out) in records[i]]
     grads = iter(_grads_to_outputs(logits, outputs))
@@ -664,15 +678,15 @@ def _linearized_batch(runner: _Runner, posterior: LayerwiseGaussian, layers: lis
             g = next(grads)
             if g is None:
                 continue
-            if isinstance(f.module, nn.Conv2d):
-                g = g.reshape(C, B, f.layer.n, -1).transpose(2, 3)          # (C, B, L, n)
-            else:
-                g = g.reshape(C, B, -1, f.layer.n)
+            if isinstance(f.module, nn.Conv2d):                          # (C, B', n, H', W')
+                g = g.reshape(C, g.shape[1], f.layer.n, -1).transpose(2, 3)
+            g = g.reshape(C, B, -1, f.layer.n)                               # (C, B, L, n)
             a_parts.append(a.to(_F64))
             g_parts.append(g.to(_F64))
         if a_parts:
             cov += _layer_logit_cov(f, torch.cat(a_parts, dim=1), torch.cat(g_parts, dim=2))
-    del records, outputs
+    records.clear()  # free the recorded activations before the isotropic Jacobians
+    outputs.clear()
     mean = logits.detach().to(_F64)
     if iso:
         names = [g.parameter_names[0] for g, _ in iso]
@@ -704,7 +718,7 @@ def predict_proba_linearized(model: nn.Module, posterior: LayerwiseGaussian, X: 
         The network (not modified).
     posterior : LayerwiseGaussian
         The posterior.
-    X : array-like or torch.Tensor of shape (n_samples, ...)
+    X : array-like or torch.Tensor of shape (n_examples, ...)
         Inputs.
     batch_size : int, default=64
         Examples per forward/backward pass.
@@ -715,7 +729,7 @@ def predict_proba_linearized(model: nn.Module, posterior: LayerwiseGaussian, X: 
 
     Returns
     -------
-    torch.Tensor of shape (n_samples, C), float64
+    torch.Tensor of shape (n_examples, C), float64
 
     Examples
     --------
@@ -746,23 +760,27 @@ def _fast_path_problem(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Te
         if g.layer is None:
             return (f"parameter group '{g.name}' is not a Linear/Conv2d layer (isotropic parameters "
                     "need one full parameter draw per example)")
-    calls: dict[str, list[int]] = {g.layer.name: [] for g in gaussian}
+    calls: dict[str, list[tuple[int, ...]]] = {g.layer.name: [] for g in gaussian}
 
     def counter(name: str) -> Callable:
         def hook(module: nn.Module, inputs: tuple) -> None:
-            calls[name].append(inputs[0].ndim)
+            calls[name].append(tuple(inputs[0].shape))
         return hook
 
     regs = [(lambda n=n: runner.model.get_submodule(n).register_forward_pre_hook(counter(n))) for n in calls]
+    n_probe = min(2, X.shape[0])
     with torch.no_grad(), _hooks(regs):
-        runner(params, runner.batch(X, 0, 1))
-    for name, dims in calls.items():
+        runner(params, runner.batch(X, 0, n_probe))
+    for name, shapes in calls.items():
         module = runner.model.get_submodule(name)
-        if len(dims) > 1:
-            return f"layer '{name}' is called {len(dims)} times per forward pass (shared weights)"
+        if len(shapes) > 1:
+            return f"layer '{name}' is called {len(shapes)} times per forward pass (shared weights)"
         want = 2 if isinstance(module, nn.Linear) else 4
-        if dims and dims[0] != want:
-            return f"layer '{name}' ({type(module).__name__}) receives {dims[0]}-D input, not {want}-D"
+        if shapes and len(shapes[0]) != want:
+            return f"layer '{name}' ({type(module).__name__}) receives {len(shapes[0])}-D input, not {want}-D"
+        if shapes and shapes[0][0] != n_probe:
+            return (f"layer '{name}' receives a batch of {shapes[0][0]} rows for {n_probe} examples "
+                    "(positions folded into the batch dimension)")
     return None
 
 
@@ -835,7 +853,7 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
         The network (not modified; evaluated in evaluation mode).
     gaussian : LayerwiseGaussian
         The posterior ``Q``.
-    X : array-like or torch.Tensor of shape (n_samples, ...)
+    X : array-like or torch.Tensor of shape (n_examples, ...)
         Inputs.
     generator : torch.Generator, optional
         Seeds the draws (on the Gaussian's device).
@@ -852,7 +870,7 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
 
     Returns
     -------
-    torch.Tensor of shape (n_samples,), int64
+    torch.Tensor of shape (n_examples,), int64
 
     Raises
     ------
@@ -872,16 +890,17 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
     (torch.Size([50]), torch.int64, True)
     """
     X = _as_input(X)
-    logits, _ = _gibbs_logits(model, gaussian, X, passes=1, generator=generator, batch_size=batch_size,
-                              method=method, device=device)
-    return logits[0].argmax(dim=-1)
+    (labels,) = _gibbs_logits(model, gaussian, X, passes=1, generator=generator, batch_size=batch_size,
+                              method=method, device=device, reduce=lambda t: t.argmax(dim=-1))
+    return labels
 
 
 def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor, *, passes: int,
-                  generator: torch.Generator | None, batch_size: int, method: str,
-                  device: Any) -> tuple[list[torch.Tensor], int]:
-    """Logits ``f(x_i; theta_i)`` with a fresh draw per example, for ``passes`` passes over ``X``,
-    and the number of classes."""
+                  generator: torch.Generator | None, batch_size: int, method: str, device: Any,
+                  reduce: Callable[[torch.Tensor], Any] = lambda t: t,
+                  check_classes: Callable[[int], None] | None = None) -> list[Any]:
+    """``reduce(logits)`` per pass over ``X``, the logits ``f(x_i; theta_i)`` with a fresh draw per
+    example; ``check_classes(C)`` runs once the number of classes is known, before any draw."""
     batch_size = _check_int(batch_size, "batch_size")
     generator = _check_generator(generator)
     if method not in ("auto", "fast", "general"):
@@ -891,6 +910,8 @@ def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor
     with _eval_mode(model):
         params = runner.gaussian_mean(gaussian)
         n_classes = _probe(runner, X, params)
+        if check_classes is not None:
+            check_classes(n_classes)
         problem = None
         if method != "general":
             problem = _fast_path_problem(runner, gaussian, X, params)
@@ -898,12 +919,11 @@ def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor
                 raise ValueError(error_message("method='fast' of gibbs_predict", "applicable to the model",
                                                problem, "Use method='auto' or 'general'."))
             if problem is not None:
-                logger.debug("gibbs_predict: general path (%s)", problem)
+                logger.info("gibbs_predict: fast path not applicable (%s); drawing a full parameter "
+                            "set per example", problem)
         if method == "general" or problem is not None:
-            out = [_gibbs_general(runner, gaussian, X, batch_size, generator) for _ in range(passes)]
-        else:
-            out = [_gibbs_fast(runner, gaussian, X, batch_size, generator, params) for _ in range(passes)]
-    return out, n_classes
+            return [reduce(_gibbs_general(runner, gaussian, X, batch_size, generator)) for _ in range(passes)]
+        return [reduce(_gibbs_fast(runner, gaussian, X, batch_size, generator, params)) for _ in range(passes)]
 
 
 def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: Any, *, passes: int = 1,
@@ -916,7 +936,7 @@ def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: 
     ----------
     model, gaussian, X, generator, batch_size, method, device
         As in :func:`gibbs_predict`.
-    y : array-like or torch.Tensor of shape (n_samples,)
+    y : array-like or torch.Tensor of shape (n_examples,)
         Integer labels in ``0 .. C-1``.
     passes : int, default=1
         Passes over the data; every pass draws new parameters for every example.
@@ -926,7 +946,7 @@ def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: 
     n_errors : int
         Misclassified (example, pass) pairs.
     m : int
-        ``passes * n_samples``, the number of independent Monte-Carlo draws (the ``m`` of
+        ``passes * n_examples``, the number of independent Monte-Carlo draws (the ``m`` of
         the sample-convergence correction ``kl^-1(n_errors / m, ln(2 / delta_mc) / m)``).
 
     Examples
@@ -943,13 +963,17 @@ def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: 
     passes = _check_int(passes, "passes")
     X = _as_input(X)
     y = _as_labels(y, X.shape[0])
-    logits, n_classes = _gibbs_logits(model, gaussian, X, passes=passes, generator=generator,
-                                      batch_size=batch_size, method=method, device=device)
-    if int(y.max()) >= n_classes:
-        raise ValueError(error_message("y", f"labels in 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
-                                       f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))
-    n_errors = sum(int((out.argmax(dim=-1).cpu() != y).sum()) for out in logits)
-    return n_errors, passes * int(X.shape[0])
+
+    def check_classes(n_classes: int) -> None:
+        if int(y.max()) >= n_classes:
+            raise ValueError(error_message("y", f"labels in 0 .. {n_classes - 1} (the model has {n_classes} "
+                                           "outputs)", f"a maximum of {int(y.max())}",
+                                           "Encode the labels as 0 .. C-1."))
+
+    errors = _gibbs_logits(model, gaussian, X, passes=passes, generator=generator, batch_size=batch_size,
+                           method=method, device=device, check_classes=check_classes,
+                           reduce=lambda t: int((t.argmax(dim=-1).cpu() != y).sum()))
+    return sum(errors), passes * int(X.shape[0])
 
 
 def _as_labels(y: Any, n: int) -> torch.Tensor:

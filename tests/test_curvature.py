@@ -14,7 +14,7 @@ from torch.func import functional_call, jacrev
 from torch.utils.data import DataLoader, TensorDataset
 
 from skkprior._layers import kronecker_layers, layer_matrix, split_layer_matrix
-from skkprior.curvature import Curvature, _conv_patches, kfac, kfoc
+from skkprior.curvature import Curvature, _conv_patches, _kfoc_batch, kfac, kfoc
 from skkprior.kron import Kron
 
 f64 = torch.float64
@@ -237,6 +237,16 @@ def test_kfoc_is_the_optimal_product_per_batch_and_beats_kfac():
             0.99 * torch.linalg.norm(_batch_fisher(model, big, X, y) - a.factors[big].to_dense())
 
 
+@pytest.mark.parametrize("V, B, n, m, T", [(1, 5, 3, 4, 1), (3, 5, 3, 4, 1), (2, 40, 2, 3, 1), (2, 6, 3, 4, 3)])
+def test_kfoc_power_iteration_matches_svd(V, B, n, m, T):
+    """Gram-weight iteration (small B), explicit iteration (B > 4 d) and the T > 1 path."""
+    a, g = torch.randn(B, m, T, dtype=f64), torch.randn(V, B, n, T, dtype=f64)
+    X = torch.einsum("vbnt,bmt->vbnm", g, a).reshape(V * B, n * m)
+    K = _kfoc_batch(a, g)
+    assert_close(K.to_dense(), _nearest_dense(X.T @ X, n, m), rtol=1e-8)
+    assert torch.linalg.eigvalsh(K.G).min() > -1e-10 and torch.linalg.eigvalsh(K.A).min() > -1e-10
+
+
 def test_kfoc_several_batches_merge_and_budget():
     model = cnn()
     X, y = torch.randn(12, 2, 7, 7, dtype=f64), torch.randint(0, 3, (12,))
@@ -335,7 +345,10 @@ def test_float32_model_gives_float64_factors():
     ref = kfac(mlp(), X.double(), y, fisher="exact", progress=False)
     for k, K in curv.factors.items():
         assert K.dtype == f64
+        assert torch.equal(K.G, K.G.T) and torch.equal(K.A, K.A.T)  # exactly symmetric
         assert torch.allclose(K.to_dense(), ref.factors[k].to_dense(), rtol=1e-4, atol=1e-6)
+    K = kfoc(model, X, y, fisher="exact", progress=False).factors["0"]
+    assert torch.equal(K.G, K.G.T) and torch.equal(K.A, K.A.T)
 
 
 def _gloo_worker(rank: int, world: int, port: int, model: nn.Module, X: torch.Tensor, y: torch.Tensor,
@@ -427,6 +440,9 @@ def test_hooks_removed_and_state_restored_on_exception():
     ("empty", "X must be a non-empty batch"),
     ("output", r"logits of shape \(B, C\)"),
     ("regression_shape", r"targets of shape \(6, 3\)"),
+    ("loader_nan", r"X must be finite"),
+    ("loader_label", r"labels from 0 to 5"),
+    ("loader_and_y", "y must be None when X is a DataLoader"),
     ("update_other_model", "the model given to update"),
     ("merge_other_fisher", "fisher of the curvature to merge"),
 ])
@@ -447,9 +463,35 @@ def test_bad_input(case, match):
         "empty": lambda: kfac(model, X[:0], y[:0]),
         "output": lambda: kfac(nn.Conv2d(1, 2, 1), torch.randn(3, 1, 2, 2)),
         "regression_shape": lambda: kfac(model, X, torch.randn(6, 2), likelihood="regression"),
+        "loader_nan": lambda: kfac(model, DataLoader(TensorDataset(X / torch.tensor(0.0, dtype=f64), y), batch_size=2)),
+        "loader_label": lambda: kfac(model, DataLoader(TensorDataset(X, y.clone().index_fill_(0, torch.tensor([5]), 5)), batch_size=3)),
+        "loader_and_y": lambda: kfac(model, TensorDataset(X, y), y),
         "update_other_model": lambda: kfac(model, X, y).update(nn.Linear(4, 3), X, y),
         "merge_other_fisher": lambda: kfac(model, X, y).merge(kfac(model, X, y, fisher="exact")),
     }
     with pytest.raises(ValueError, match=match):
         calls[case]()
     assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_pass_equals_cpu():
+    model = cnn()
+    X, y = torch.randn(40, 2, 7, 7, dtype=f64), torch.randint(0, 3, (40,))
+    ref = kfac(model, X, y, fisher="exact", batch_size=16, progress=False)
+    moved = kfac(model, X, y, fisher="exact", batch_size=16, device="cuda", progress=False)
+    assert next(model.parameters()).device.type == "cpu"  # moved for the pass and back
+    assert moved.device.type == "cuda" and moved.nll_sum == pytest.approx(ref.nll_sum, rel=1e-10)
+    on_gpu = kfac(model.cuda(), X.cuda(), y.cuda(), fisher="exact", batch_size=16, progress=False)
+    for curv in (moved, on_gpu):
+        for k, K in curv.factors.items():
+            assert K.device.type == "cuda"
+            assert_close(K.to_dense().cpu(), ref.factors[k].to_dense(), rtol=1e-10)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    mc = kfac(model, X.cuda(), y.cuda(), generator=gen, progress=False)
+    mc_cpu_gen = kfac(model, X.cuda(), y.cuda(), generator=torch.Generator().manual_seed(0), progress=False)
+    fo = kfoc(model, X.cuda(), y.cuda(), fisher="exact", batch_size=16, progress=False)
+    ref_fo = kfoc(model.cpu(), X, y, fisher="exact", batch_size=16, progress=False)
+    for k in ref.factors:
+        assert torch.isfinite(mc.factors[k].G).all() and torch.isfinite(mc_cpu_gen.factors[k].G).all()
+        assert_close(fo.factors[k].to_dense().cpu(), ref_fo.factors[k].to_dense(), rtol=1e-8)

@@ -288,6 +288,36 @@ def test_linearized_with_a_layer_used_twice():
     assert gibbs_predict(model, post, X, generator=torch.Generator().manual_seed(0)).shape == (5,)
 
 
+class Folded(nn.Module):
+    """Two tokens per example folded into the batch dimension (example-major), a shared Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Linear(3, 4)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        h = torch.tanh(self.token(x.reshape(n * 2, 3)))
+        return self.head(h.reshape(n, 8))
+
+
+def test_positions_folded_into_the_batch():
+    torch.manual_seed(0)
+    model = Folded().to(DT)
+    X = torch.randn(5, 6, dtype=DT)
+    post = make_posterior(model, temperature=0.4)
+    _, cov = linearized_logit_moments(model, post, X, batch_size=2)
+    torch.testing.assert_close(cov, dense_logit_cov(model, post, X), rtol=1e-8, atol=1e-12)
+    # the fast Gibbs path would give each token its own draw: refused, the general path is used
+    with pytest.raises(ValueError, match="positions folded"):
+        gibbs_predict(model, post, X, method="fast")
+    y = labels_for(model, X)
+    auto = error_frequencies(model, post, X, y, 400, "auto", seed=0)
+    explicit = explicit_error_frequencies(model, post, X, y, 4000, seed=1)
+    assert float((auto - explicit).abs().max()) < 0.1
+
+
 # -- Gibbs -----------------------------------------------------------------------------------------
 def error_frequencies(model, gauss, X, y, passes, method, seed):
     """Per-example Gibbs error frequency: X repeated, every row its own draw."""
@@ -327,8 +357,8 @@ def test_gibbs_logits_have_the_linearized_moments_at_small_temperature(kind, met
     mu, cov = linearized_logit_moments(model, gauss, X[:3])
     S = 3000
     Xr = X[:3].repeat(S, *([1] * (X.ndim - 1)))
-    (logits,), _ = _gibbs_logits(model, gauss, Xr, passes=1, generator=torch.Generator().manual_seed(0),
-                                 batch_size=1000, method=method, device=None)
+    (logits,) = _gibbs_logits(model, gauss, Xr, passes=1, generator=torch.Generator().manual_seed(0),
+                              batch_size=1000, method=method, device=None)
     logits = logits.reshape(S, 3, -1)
     centred = logits - logits.mean(0)
     emp = torch.einsum("snc,snd->ncd", centred, centred) / (S - 1)
@@ -440,6 +470,9 @@ def test_bad_arguments():
         gibbs_error_count(model, post, X, torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="^y must be labels in 0 .. 2"):
         gibbs_error_count(model, post, X, torch.full((X.shape[0],), 3))
-    # numpy input works
-    p = predict_proba_map(model, X.numpy())
-    assert p.shape == (X.shape[0], 3)
+    # numpy input, a float32 model and an explicit device work
+    p = predict_proba_map(model, X.numpy(), device="cpu")
+    torch.testing.assert_close(p, predict_proba_map(model, X), rtol=0, atol=0)
+    model32 = make_mlp()
+    p32 = predict_proba_mc(model32, LayerwiseGaussian.isotropic(model32, precision=1e3), X.numpy(), n_samples=3)
+    assert p32.dtype == DT and p32.shape == (X.shape[0], 3)

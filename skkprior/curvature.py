@@ -185,7 +185,7 @@ class _GramAccumulator:
 
 
 _GRAM_BLOCK = 128
-_FLUSH_EVERY = 16
+_FLUSH_EVERY = 4
 
 
 def _sym(M: torch.Tensor) -> torch.Tensor:

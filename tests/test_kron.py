@@ -43,9 +43,10 @@ class TestKronSumOperator(KroneckerOperatorTests):
 
     def make(self, case: OperatorCase) -> tuple[KronSum, torch.Tensor]:
         g = case.generator(1)
-        terms = [Kron(random_spd(case.n, cond=case.cond, generator=g), random_spd(case.m, cond=case.cond, generator=g)),
-                 Kron(torch.randn(case.n, case.n, generator=g, dtype=D64), torch.randn(case.m, case.m, generator=g, dtype=D64)),
-                 Kron.identity(case.n, case.m)]
+        n, m = case.n, case.m
+        terms = [Kron(random_spd(n, cond=case.cond, generator=g), random_spd(m, cond=case.cond, generator=g)),
+                 Kron(torch.randn(n, n, generator=g, dtype=D64), torch.randn(m, m, generator=g, dtype=D64)),
+                 Kron.identity(n, m)]
         weights = [2.0, -0.3, 0.7]
         dense = sum(w * torch.kron(t.G, t.A) for w, t in zip(weights, terms))
         return KronSum(terms, weights), dense, [(w, t.G, t.A) for w, t in zip(weights, terms)]
@@ -76,7 +77,8 @@ class TestKronDecomposedIdentityOperator(KroneckerOperatorTests):
     def make(self, case: OperatorCase) -> tuple[KronDecomposed, torch.Tensor]:
         g = case.generator(1)
         G = random_spd(case.n, cond=case.cond, generator=g)
-        A = random_psd(case.m, max(case.m - 1, 1), generator=g) if case.cond > 1e3 else random_spd(case.m, generator=g)
+        ill = case.cond > 1e3
+        A = random_psd(case.m, max(case.m - 1, 1), generator=g) if ill else random_spd(case.m, generator=g)
         F = Kron(G, A)
         beta, delta = 2.0, 1e-3 if case.cond > 1e3 else 0.5
         dense = beta * F.to_dense() + delta * torch.eye(case.dim, dtype=D64)
@@ -198,8 +200,10 @@ def test_kron_float32_factors_give_float64_logdet_and_inverse():
 def _random_terms(n, m, K, seed, *, spd=True):
     g = _gen(seed)
     if spd:
-        return [Kron(random_spd(n, cond=100.0, generator=g), random_spd(m, cond=100.0, generator=g)) for _ in range(K)]
-    return [Kron(torch.randn(n, n, generator=g, dtype=D64), torch.randn(m, m, generator=g, dtype=D64)) for _ in range(K)]
+        return [Kron(random_spd(n, cond=100.0, generator=g), random_spd(m, cond=100.0, generator=g))
+                for _ in range(K)]
+    return [Kron(torch.randn(n, n, generator=g, dtype=D64), torch.randn(m, m, generator=g, dtype=D64))
+            for _ in range(K)]
 
 
 @pytest.mark.parametrize("n,m,K", [(1, 1, 2), (1, 3, 3), (2, 3, 2), (4, 2, 4), (5, 5, 3)])
@@ -337,7 +341,8 @@ def test_kl_from_decomposed_pieces_matches_dense_formula():
     assert_close_dense(kl, kl_dense, rtol=1e-10, name="KL")
     # Q equal to the prior: KL = 0
     same = D.with_weights(beta=0.0, alpha=alpha0)
-    kl0 = 0.5 * (alpha0 * same.trace_product(term=1) - d - (d * math.log(alpha0) + same.logdet_second) + same.logdet())
+    kl0 = 0.5 * (alpha0 * same.trace_product(term=1) - d
+                 - (d * math.log(alpha0) + same.logdet_second) + same.logdet())
     assert abs(float(kl0)) < 1e-12
 
 

@@ -684,8 +684,8 @@ class ProgressivePriorClassifier(_BaseKronecker):
             history = self._train(trained, X_fit, y_fit, loss, seed, self.device_)
             net.eval()
             curvature = self._curvature(net, X_fit, y_fit, seed, self.device_)
-            post = posterior(prior, curvature, net, prior_scale=self.prior_scale,
-                             likelihood_scale=self.likelihood_scale, temperature=self.temperature)
+            post = given = posterior(prior, curvature, net, prior_scale=self.prior_scale,
+                                     likelihood_scale=self.likelihood_scale, temperature=self.temperature)
             if self.scaling == "pac-bayes":
                 post = tune_pac_bayes(post, nll_sum=curvature.nll_sum, n=n, objective="catoni").posterior
             elif self.scaling == "validation":
@@ -698,7 +698,7 @@ class ProgressivePriorClassifier(_BaseKronecker):
             lateral_source = None
             if self.lateral_layers_:
                 keep = [f"columns.{k}.{name}" for name in self.lateral_layers_]
-                compressed = post.as_prior()
+                compressed = given.as_prior()
                 lateral_source = compressed._new([compressed.groups[name] for name in keep])
         except BaseException:
             net.pop_column()

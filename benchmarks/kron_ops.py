@@ -222,6 +222,8 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
     }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -278,7 +280,10 @@ def markdown(runs: dict[str, Any]) -> str:
            "error' the relative log-determinant error of the paper's route on the first pair.",
            "", "Scalars = `with_weights` + `logdet` + `trace_product(term=0)` + `trace_product(term=1)` "
            "(what the KL and the PAC-Bayes objective need); +sample adds one `sample_map` draw, "
-           "which costs `O(n^2 m + n m^2)` in every route.", ""]
+           "which costs `O(n^2 m + n m^2)` in every route.", "",
+           "`process_cpu_s_per_wall_s` well below 1 in a one-thread CPU run means the machine was "
+           "shared with other jobs (see `load_average_1m_at_start`): its times are then pessimistic "
+           "and noisy.", ""]
     for key, run in runs.items():
         info = run["machine"]
         out.append(f"## {key}")
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     dense_max = args.dense_max_dim or (16384 if device.type == "cuda" else 1024 if args.quick else 4096)
     pairs = _pairs(pairs_n)
 
-    start = time.perf_counter()
+    info = machine_info(device)  # before the run: the load average says how busy the machine was
+    start, cpu_start = time.perf_counter(), time.process_time()
     rows = []
     for size in sizes:
         row = bench_size(size, device, pairs, budget, dense_max)
@@ -327,10 +333,10 @@ def main(argv: list[str] | None = None) -> int:
               f"re-eval {_fmt_s(row['reeval_scalars_s'])} vs recompute {_fmt_s(row['recompute_scalars_s'])} "
               f"({_fmt_r(row['ratio_recompute_scalars'])})", flush=True)
     wall = time.perf_counter() - start
+    info["process_cpu_s_per_wall_s"] = round((time.process_time() - cpu_start) / wall, 2)
     print()
     print(table(rows))
 
-    info = machine_info(device)
     key = f"{device.type}" + (f" ({info['gpu']})" if "gpu" in info else f" ({info['cpu']}, {args.threads} thread(s))")
     if args.quick:
         key += " [quick]"

@@ -35,11 +35,13 @@ What is exact
 
 Accumulation
 ------------
-Each mini-batch's products are formed in the model's dtype (at least float32) and added to
+Each mini-batch's products are formed in the model's dtype (at least float32; float64 models
+stay in float64 throughout), summed in that dtype over at most four mini-batches, and added to
 float64 running sums ``S_A``, ``S_G`` together with the counts (data points, positions). Sums
 and counts combine exactly across mini-batches, :meth:`Curvature.update` calls,
 :meth:`Curvature.merge` and processes: when ``torch.distributed`` is initialized, the sums and
-counts of each pass are all-reduced at its end.
+counts of each pass are all-reduced at its end (one ``all_reduce`` of one flat float64 buffer;
+for K-FOC each process merges its products to one and they are all-gathered).
 
 References
 ----------
@@ -125,32 +127,43 @@ class _Sums:
 
 
 class _GramAccumulator:
-    """Running float64 sum of ``P P^T`` over mini-batches ``P`` of shape ``(m, N)`` (one column per sample).
+    """Running float64 sums of ``P P^T`` (and optionally ``P 1``) over mini-batches ``P`` of shape
+    ``(m, N)`` (one column per sample).
 
-    Products in float32 are accumulated with ``addmm_`` in a float32 buffer for at most
-    ``_FLUSH_EVERY`` mini-batches, then added to the float64 total (each product already sums
-    ``N`` float32 terms, so this adds no error of a larger order and saves a float64 pass per
-    batch). On the CPU with ``m > 2 * _GRAM_BLOCK`` only the upper block triangle is formed
+    Products in float32 are accumulated with ``addmm_`` / ``addmv_`` in a float32 buffer for at
+    most ``_FLUSH_EVERY`` mini-batches, then added to the float64 total (each product already
+    sums ``N`` float32 terms, so this adds no error of a larger order and saves a float64 pass
+    per batch). On the CPU with ``m > 2 * _GRAM_BLOCK`` only the upper block triangle is formed
     (torch exposes no symmetric rank-k update) and mirrored at the end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, with_sum: bool = False) -> None:
+        self.with_sum = with_sum
         self.buf: torch.Tensor | None = None
+        self.buf_sum: torch.Tensor | None = None
         self.total: torch.Tensor | None = None
+        self.total_sum: torch.Tensor | None = None
+        self.ones: torch.Tensor | None = None
         self.pending = 0
         self.upper = False
 
     def add(self, P: torch.Tensor) -> None:
-        m = P.shape[0]
+        m, N = P.shape
         if self.buf is None:
             self.upper = P.device.type == "cpu" and m > 2 * _GRAM_BLOCK
             self.buf = torch.zeros(m, m, dtype=P.dtype, device=P.device)
+            if self.with_sum:
+                self.buf_sum = torch.zeros(m, dtype=P.dtype, device=P.device)
         if self.upper:
             for i0 in range(0, m, _GRAM_BLOCK):
                 i1 = min(i0 + _GRAM_BLOCK, m)
                 self.buf[i0:i1, i0:].addmm_(P[i0:i1], P[i0:].T)
         else:
             self.buf.addmm_(P, P.T)
+        if self.buf_sum is not None:
+            if self.ones is None or self.ones.shape[0] != N:
+                self.ones = torch.ones(N, dtype=P.dtype, device=P.device)
+            self.buf_sum.addmv_(P, self.ones)
         self.pending += 1
         if self.buf.dtype != torch.float64 and self.pending >= _FLUSH_EVERY:
             self._flush()
@@ -160,28 +173,33 @@ class _GramAccumulator:
             return
         if self.total is None:
             self.total = self.buf.to(torch.float64, copy=True)
+            self.total_sum = None if self.buf_sum is None else self.buf_sum.to(torch.float64, copy=True)
         else:
             self.total += self.buf
+            if self.buf_sum is not None:
+                self.total_sum += self.buf_sum
         self.buf.zero_()
+        if self.buf_sum is not None:
+            self.buf_sum.zero_()
         self.pending = 0
 
-    def result(self) -> torch.Tensor | None:
-        """The float64 sum (None when nothing was added)."""
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The float64 sums ``(P P^T, P 1)`` (None when nothing was added)."""
         if self.buf is None:
             return None
         if self.buf.dtype == torch.float64:
-            total = self.buf
+            total, total_sum = self.buf, self.buf_sum
         else:
             self._flush()
-            total = self.total
+            total, total_sum = self.total, self.total_sum
         assert total is not None
         if self.upper:
             m = total.shape[0]
             for i0 in range(0, m, _GRAM_BLOCK):
                 i1 = min(i0 + _GRAM_BLOCK, m)
                 total[i1:, i0:i1] = total[i0:i1, i1:].T
-        self.buf = self.total = None
-        return total
+        self.buf = self.buf_sum = self.total = self.total_sum = self.ones = None
+        return total, total_sum
 
 
 _GRAM_BLOCK = 128
@@ -276,16 +294,19 @@ class Curvature:
     # -- read-only views ------------------------------------------------------------------
     @property
     def n_samples(self) -> int:
+        """Number of data points accumulated."""
         return self._sums.n_samples
 
     @property
     def nll_sum(self) -> float | None:
+        """Summed true-label NLL at the weights of the passes (None when a pass had no labels)."""
         if not self._sums.has_nll or self._sums.nll is None:
             return None
         return float(self._sums.nll)
 
     @property
     def device(self) -> torch.device:
+        """Where the sums and the factors live."""
         return self._device
 
     @property
@@ -295,6 +316,7 @@ class Curvature:
 
     @property
     def merge_error(self) -> dict[str, float]:
+        """K-FOC: the largest relative Frobenius error of a nearest-product merge, per layer."""
         if self.method == "kfoc" and self.n_samples > 0:
             self.factors  # noqa: B018  (computes the final merge and its error)
         return dict(self._merge_error)
@@ -425,7 +447,6 @@ class Curvature:
                         likelihood=self.likelihood, device=self._device,
                         kfoc_max_terms=self.kfoc_max_terms)
         new._options = dict(self._options)
-        new._merge_error = dict(self._merge_error)
         new._add_sums(self._sums)
         new._merge_error = dict(self._merge_error)
         return new
@@ -669,55 +690,73 @@ def _prepare_y(yb: Any, out: torch.Tensor, likelihood: str, check: bool) -> torc
 # ------------------------------------------------------------------------------------------
 # Fisher vectors: rows v with sum_v v v^T = the (sampled) Hessian of the NLL w.r.t. the output
 # ------------------------------------------------------------------------------------------
-def _fisher_vectors(out: torch.Tensor, y: torch.Tensor | None, *, fisher: str, likelihood: str,
-                    mc_samples: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+def _output_terms(out: torch.Tensor, y: torch.Tensor | None, *, fisher: str, likelihood: str,
+                  mc_samples: int, generator: torch.Generator | None
+                  ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Backward vectors ``v`` (rows of ``(B, C)``) with ``sum_v v v^T`` the Fisher of the NLL in the
+    output, and the summed NLL of the true labels (float64; None without labels).
+
+    Classification: ``"exact"`` uses ``v_c = sqrt(p_c) (e_c - p)``, ``"mc"`` ``p - e_y`` with
+    ``y`` drawn from ``p`` (inverse CDF, ``mc_samples`` draws weighted ``1 / mc_samples``),
+    ``"empirical"`` ``p - e_y`` with the true ``y``. Regression: ``e_c``, ``eps ~ N(0, I)``, ``f - y``.
+    """
     f = out.detach()
     B, C = f.shape
+    scale = 1.0 / math.sqrt(mc_samples)
     if likelihood == "classification":
-        p = torch.softmax(f.to(torch.float64), dim=1)
-        eye = torch.eye(C, dtype=torch.float64, device=f.device)
+        logp = torch.log_softmax(f, dim=1)
+        p = logp.exp()
+        nll = None if y is None else -logp.gather(1, y[:, None]).sum(dtype=torch.float64)
         if fisher == "exact":
-            return [(p[:, c:c + 1].sqrt() * (eye[c] - p)).to(f.dtype) for c in range(C)]
+            sp = p.sqrt()
+            V = -(sp[:, :, None] * p[:, None, :])  # (B, c, C): -sqrt(p_c) p
+            V.diagonal(dim1=1, dim2=2).add_(sp)  # + sqrt(p_c) e_c
+            return list(V.unbind(1)), nll
+        minus_one = p.new_full((B, 1), -1.0)
         if fisher == "empirical":
-            return [(p - eye[y]).to(f.dtype)]
+            assert y is not None
+            return [p.scatter_add(1, y[:, None], minus_one)], nll
+        cdf = p.cumsum(dim=1)
         vecs = []
         for _ in range(mc_samples):
-            if generator is not None and generator.device != p.device:
-                labels = torch.multinomial(p.to(generator.device), 1, generator=generator).to(p.device)
-            else:
-                labels = torch.multinomial(p, 1, generator=generator)
-            vecs.append(((p - eye[labels[:, 0]]) / math.sqrt(mc_samples)).to(f.dtype))
-        return vecs
+            gdev = generator.device if generator is not None else p.device
+            u = torch.rand(B, 1, generator=generator, dtype=p.dtype, device=gdev).to(p.device)
+            labels = torch.searchsorted(cdf, u, right=True).clamp_max_(C - 1)
+            v = p.scatter_add(1, labels, minus_one)
+            vecs.append(v * scale if mc_samples > 1 else v)
+        return vecs, nll
+    nll = None
+    if y is not None:
+        nll = 0.5 * ((f - y) ** 2).sum(dtype=torch.float64) + 0.5 * f.numel() * math.log(2 * math.pi)
     if fisher == "exact":
         eye = torch.eye(C, dtype=f.dtype, device=f.device)
-        return [eye[c].expand(B, C) for c in range(C)]
+        return [eye[c].expand(B, C) for c in range(C)], nll
     if fisher == "empirical":
-        return [f - y]
+        assert y is not None
+        return [f - y], nll
     vecs = []
     for _ in range(mc_samples):
         gdev = generator.device if generator is not None else f.device
         eps = torch.randn(B, C, generator=generator, dtype=f.dtype, device=gdev).to(f.device)
-        vecs.append(eps / math.sqrt(mc_samples))
-    return vecs
-
-
-def _nll(out: torch.Tensor, y: torch.Tensor, likelihood: str) -> torch.Tensor:
-    f = out.detach().to(torch.float64)
-    if likelihood == "classification":
-        return F.cross_entropy(f, y, reduction="sum")
-    return 0.5 * ((f - y.to(torch.float64)) ** 2).sum() + 0.5 * f.numel() * math.log(2 * math.pi)
+        vecs.append(eps * scale if mc_samples > 1 else eps)
+    return vecs, nll
 
 
 # ------------------------------------------------------------------------------------------
 # Hooks
 # ------------------------------------------------------------------------------------------
-def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded patches ``(B, C_in kh kw, L)`` in the order of ``layer_matrix``."""
+def _conv_windows(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A strided view ``(B, C_in, H_out, W_out, kh, kw)`` of the conv's receptive fields.
+
+    Built with ``Tensor.unfold`` on the padded input (no copy), which is one kernel on the GPU
+    where ``F.unfold`` launches one per image.
+    """
     if x.ndim != 4:
         raise ValueError(error_message(f"the input of Conv2d layer {module}", "a batch (B, C, H, W)",
                                        describe(x), "Feed batched inputs."))
     kh, kw = module.kernel_size
     dh, dw = module.dilation
+    sh, sw = module.stride
     if isinstance(module.padding, str):
         if module.padding == "valid":
             pads = (0, 0, 0, 0)
@@ -727,12 +766,18 @@ def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     else:
         ph, pw = module.padding
         pads = (pw, pw, ph, ph)
-    if module.padding_mode == "zeros" and pads[0] == pads[1] and pads[2] == pads[3]:
-        return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=(pads[2], pads[0]), stride=module.stride)
     if any(pads):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x = F.pad(x, pads, mode=mode)
-    return F.unfold(x, (kh, kw), dilation=(dh, dw), padding=0, stride=module.stride)
+    win = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    return win[..., ::dh, ::dw]
+
+
+def _conv_patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Patches ``(B, C_in kh kw, L)`` in the order of ``layer_matrix`` (as ``F.unfold``)."""
+    win = _conv_windows(module, x)
+    B, C, Ho, Wo, kh, kw = win.shape
+    return win.permute(0, 1, 4, 5, 2, 3).reshape(B, C * kh * kw, Ho * Wo)
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
@@ -771,8 +816,7 @@ class _Recorder:
         self.grads: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
         self.calls: dict[str, int] = {}
         # running sums of the pass: sum x x^T (without bias), sum x (float64), sum g g^T
-        self.xx: dict[str, _GramAccumulator] = {k: _GramAccumulator() for k in layers}
-        self.xs: dict[str, torch.Tensor] = {}
+        self.xx: dict[str, _GramAccumulator] = {k: _GramAccumulator(v.has_bias) for k, v in layers.items()}
         self.gg: dict[str, _GramAccumulator] = {k: _GramAccumulator() for k in layers}
 
     def __enter__(self) -> "_Recorder":
@@ -818,11 +862,13 @@ class _Recorder:
                       output: torch.Tensor) -> None:
         cdtype = torch.promote_types(x.dtype, torch.float32)
         if isinstance(module, nn.Conv2d):
-            U = _conv_patches(module, x).to(cdtype)  # (B, m_in, L)
-            count = U.shape[0] * U.shape[2]
-            P = U.transpose(0, 1).reshape(U.shape[1], -1)  # one copy: (m_in, B L)
+            win = _conv_windows(module, x.to(cdtype))  # (B, C, Ho, Wo, kh, kw) view
+            B, C, Ho, Wo, kh, kw = win.shape
+            count = B * Ho * Wo
+            P = win.permute(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, count)  # one copy: (m_in, B L)
             if self.kfoc:
-                self.inputs.setdefault(name, []).append(U)
+                self.inputs.setdefault(name, []).append(
+                    P.reshape(C * kh * kw, B, Ho * Wo).transpose(0, 1))  # (B, m_in, L) view
         else:
             P = x.reshape(-1, x.shape[-1]).to(cdtype).T  # a view: (m_in, N T)
             count = P.shape[1]
@@ -831,33 +877,28 @@ class _Recorder:
                 self.inputs.setdefault(name, []).append(
                     x.reshape(B, -1, x.shape[-1]).transpose(1, 2).to(cdtype))
         self.xx[name].add(P)
-        if layer.has_bias:
-            colsum = P.sum(dim=1)
-            if name in self.xs:
-                self.xs[name] += colsum
-            else:
-                self.xs[name] = colsum.to(torch.float64)
         self.sums.positions[name] += count
 
     def finish(self, device: torch.device) -> None:
         """Write the sums of the pass into ``S_A`` (bias row and column last) and ``S_G``."""
         for name, layer in self.layers.items():
-            xx = self.xx[name].result()
-            if xx is not None:
+            res = self.xx[name].result()
+            if res is not None:
+                xx, xs = res
                 m_in = xx.shape[0]
                 if layer.has_bias:
+                    assert xs is not None
                     S_A = torch.empty(layer.m, layer.m, dtype=torch.float64, device=xx.device)
                     S_A[:m_in, :m_in] = xx
-                    S_A[:m_in, m_in] = self.xs[name]
-                    S_A[m_in, :m_in] = self.xs[name]
+                    S_A[:m_in, m_in] = xs
+                    S_A[m_in, :m_in] = xs
                     S_A[m_in, m_in] = self.sums.positions[name]
                 else:
                     S_A = xx
                 self.sums.S_A[name] = S_A
-            gg = self.gg[name].result()
-            if gg is not None:
-                self.sums.S_G[name] = gg
-        self.xs = {}
+            res = self.gg[name].result()
+            if res is not None:
+                self.sums.S_G[name] = res[0]
         self.sums.materialize(self.layers, device)
 
     # -- backward -------------------------------------------------------------------------
@@ -1114,12 +1155,12 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
                     _check_label_range(data.y_range, out.shape[1])
                 first = False
                 yt = None if yb is None else _prepare_y(yb, out, likelihood, check=not data.checked)
-                if yt is None:
+                vectors, batch_nll = _output_terms(out, yt, fisher=fisher, likelihood=likelihood,
+                                                   mc_samples=mc_samples, generator=generator)
+                if batch_nll is None:
                     has_nll = False
                 else:
-                    nll += _nll(out, yt, likelihood)
-                vectors = _fisher_vectors(out, yt, fisher=fisher, likelihood=likelihood,
-                                          mc_samples=mc_samples, generator=generator)
+                    nll += batch_nll
                 for k, v in enumerate(vectors):
                     rec.vector = k
                     torch.autograd.grad(out, rec.leaves, grad_outputs=v, retain_graph=k < len(vectors) - 1,
@@ -1288,7 +1329,13 @@ def kfoc(model: nn.Module, X: Any, y: Any = None, **kwargs: Any) -> Curvature:
     datum's Fisher block of a Linear layer is rank one, and K-FOC equals K-FAC there.
 
     The scalar split follows K-FAC: ``A_in`` is rescaled to the trace of the K-FAC ``A_in``.
-    Cost: about ``2 (n^2 m + n m^2) B`` per power iteration and batch for conv layers.
+    Cost and memory: for ``T = 1`` (Linear layers) the iteration runs on ``B``-vectors of weights
+    (Gram matrices of the inputs and gradients, ``O(B^2 (m + n))`` once per batch); for conv
+    layers about ``2 (n^2 m + n m^2) V B`` per power iteration, and the per-example matrices take
+    ``V B n m`` numbers (``V`` Fisher vectors per example: 1, or ``C`` for ``fisher="exact"``;
+    lower ``batch_size`` for large layers). The iteration runs in the model's dtype (at least
+    float32) and stops when the normalized input factor changes by less than ``1e-10`` (float64)
+    or ``100 eps`` (float32), at most 100 iterations; the products are stored in float64.
 
     References
     ----------

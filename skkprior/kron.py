@@ -100,6 +100,11 @@ def _as_weight(value: _Weight, name: str) -> _Weight:
     return float(value)
 
 
+def _float(value: _Weight) -> float:
+    """A weight as a Python float (detached; one device sync for a CUDA tensor)."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
 def _check_scalar(value: Any, name: str) -> None:
     """A finite real number or a one-element floating-point tensor (for scaling)."""
     if isinstance(value, torch.Tensor):
@@ -837,6 +842,7 @@ class KronDecomposed:
         self._lam: torch.Tensor | None = None
         self._inv_lam: torch.Tensor | None = None
         self._sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._shared: dict[str, Any] = {}  # weight-independent values, shared by with_weights
 
     @property
     def beta(self) -> _Weight:
@@ -872,15 +878,17 @@ class KronDecomposed:
         out._check_positive()
         return out
 
-    def _smallest_eigenvalue(self) -> torch.Tensor:
+    def _smallest_eigenvalue(self) -> float:
         """``min Lambda`` in ``O(n + m)``: ``beta a b + alpha`` is bilinear in ``(a, b)``, so its
         minimum over the grid ``D_G x D_A`` is at one of the four corners (evaluated with the same
         floating-point operations as :meth:`eigenvalues`, whose rounding is monotone)."""
-        beta = self.beta.detach() if isinstance(self.beta, torch.Tensor) else self.beta
-        alpha = self.alpha.detach() if isinstance(self.alpha, torch.Tensor) else self.alpha
-        dg = torch.stack([self.D_G.detach().min(), self.D_G.detach().max()])
-        da = torch.stack([self.D_A.detach().min(), self.D_A.detach().max()])
-        return (torch.outer(dg * beta, da) + alpha).min()
+        if "extremes" not in self._shared:  # one device sync per decomposition, not per weight
+            self._shared["extremes"] = (
+                (float(self.D_G.detach().min()), float(self.D_G.detach().max())),
+                (float(self.D_A.detach().min()), float(self.D_A.detach().max())))
+        (g_lo, g_hi), (a_lo, a_hi) = self._shared["extremes"]
+        beta, alpha = _float(self.beta), _float(self.alpha)  # Python floats: IEEE float64 like torch
+        return min(g * beta * a + alpha for g in (g_lo, g_hi) for a in (a_lo, a_hi))
 
     def _check_positive(self) -> None:
         smallest = float(self._smallest_eigenvalue())
@@ -888,7 +896,7 @@ class KronDecomposed:
             raise ValueError(
                 error_message("the two-term sum beta K_1 + alpha K_2", "positive definite",
                               f"smallest eigenvalue {smallest:.3g} in the joint eigenbasis "
-                              f"(beta={float(self.beta):.4g}, alpha={float(self.alpha):.4g})",
+                              f"(beta={_float(self.beta):.4g}, alpha={_float(self.alpha):.4g})",
                               "Use positive weights and a positive semi-definite first term.")
             )
 
@@ -906,6 +914,7 @@ class KronDecomposed:
                              beta=self.beta if beta is None else beta,
                              alpha=self.alpha if alpha is None else alpha,
                              logdet_second=self.logdet_second)
+        out._shared = self._shared
         out._check_positive()
         return out
 
@@ -931,7 +940,8 @@ class KronDecomposed:
         return torch.float64
 
     def __repr__(self) -> str:
-        return f"KronDecomposed(n={self.n}, m={self.m}, beta={float(self.beta):.4g}, alpha={float(self.alpha):.4g})"
+        return (f"KronDecomposed(n={self.n}, m={self.m}, beta={_float(self.beta):.4g}, "
+                f"alpha={_float(self.alpha):.4g})")
 
     def to(self, *args: Any, **kwargs: Any) -> "KronDecomposed":
         """Move the decomposition to another device (arguments as in ``torch.Tensor.to``).

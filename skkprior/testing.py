@@ -407,6 +407,13 @@ class KroneckerOperatorTests:
     ``matmul(X)`` and ``quadratic(X)`` on ``(..., n, m)`` matrices (the product of the dense
     matrix with ``vec_row(X)``), ``trace()`` and ``to(...)``.
 
+    ``make(case)`` returns ``(operator, dense)`` or ``(operator, dense, exact)``. For
+    ill-conditioned factors return ``exact``, the list of ``(weight, G, A)`` triples whose sum
+    is the operator: the high-precision references are then formed from the factors. (Rounding
+    the entries of ``G (x) A`` to float64 perturbs the matrix by ``eps ||G (x) A||``, more than
+    its smallest eigenvalue once ``cond(G) cond(A) > 1 / eps``: the rounded dense matrix can
+    even have a negative determinant.)
+
     Tolerances. Forward operations (``to_dense``, ``matmul``, ``quadratic``, ``trace``) are
     compared entrywise with ``rtol`` relative to the scale of the exact sum (``|M| |x|``).
     ``logdet``, ``inverse`` and forward errors of ``solve`` depend on the conditioning:

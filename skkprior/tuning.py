@@ -338,7 +338,7 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
             q = posterior.with_scales(prior_scale=float(a), temperature=float(t))
             if predictive == "mc":
                 gen = None if generator is None else torch.Generator(device=generator.device).manual_seed(
-                    int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+                    int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
                 proba = predict_proba_mc(model, q, X_val, n_samples=n_samples, generator=gen, batch_size=batch_size)
             elif predictive == "linearized":
                 proba = predict_proba_linearized(model, q, X_val, batch_size=batch_size)

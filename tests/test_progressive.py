@@ -137,12 +137,28 @@ def test_column_priors_come_from_the_source_prior(three_tasks):
     for k, prior in enumerate(clf.priors_):
         for name in ("net.0", "net.2"):
             g, s = prior.groups[f"columns.{k}.{name}"], source.groups[name]
-            assert torch.equal(g.mean, s.mean) and g.precision is s.precision
+            assert torch.equal(g.mean, s.mean)
+            assert torch.equal(g.precision.G, s.precision.G) and torch.equal(g.precision.A, s.precision.A)
         head = prior.groups[f"columns.{k}.net.4"]
         assert torch.count_nonzero(head.mean) == 0  # N(0, weight_decay^-1 I)
         torch.testing.assert_close(head.precision.to_dense(), 2.0 * torch.eye(head.dim, dtype=DT))
-        # the column starts at the source mean: its first layer moved, but started there
         assert prior.metadata["head"] == f"columns.{k}.net.4"
+
+
+def test_columns_start_at_the_source_mean_and_laterals_at_the_earlier_layer(digits, three_tasks):
+    clf, source = three_tasks
+    untrained = clone(clf).set_params(max_epochs=0)
+    for classes in ([0, 1], [2, 3]):
+        untrained.partial_fit(*task(digits, classes, n=20))
+    net = untrained.network_
+    for k in (0, 1):
+        for name in ("net.0", "net.2"):
+            layer = net.columns[k].get_submodule(name)
+            mean = source.groups[name].mean.float()
+            torch.testing.assert_close(layer.weight, mean[:, :-1], rtol=0, atol=0)
+            torch.testing.assert_close(layer.bias, mean[:, -1], rtol=0, atol=0)
+    assert torch.equal(net.laterals[1][0][0].weight, net.columns[0].net[2].weight)
+    assert torch.equal(net.laterals[1][0][0].bias, net.columns[0].net[2].bias)
 
 
 def test_lateral_priors_are_earlier_layer_posteriors(three_tasks):
@@ -166,9 +182,6 @@ def test_lateral_priors_are_earlier_layer_posteriors(three_tasks):
             for f in (0.9, 1.1):
                 assert float(torch.linalg.norm(f * dense_lat - dense_post)) > float(torch.linalg.norm(dense_lat - dense_post))
             assert prior.metadata["lateral_origin"][f"laterals.{k}.{j}.0"] == f"columns.{j}.net.2"
-        # the lateral started at the earlier column's layer
-        net = clf.network_
-        torch.testing.assert_close(net.laterals[k][0][0].weight, net.columns[0].net[2].weight)
 
 
 def test_kl_counts_only_the_new_column(three_tasks):
@@ -316,11 +329,21 @@ def test_pickle_and_clone_keep_the_columns(digits):
 # Every check runs and passes. They exercise the *default* task (fit is one task; predict,
 # predict_proba and score without `task` use the last task learned), so the task dimension
 # itself (several columns, `task=`) is covered by the tests above, not by these checks.
+# (The network is given as a class, not through module__hidden_sizes: module__* keywords are stored
+# through **module_kwargs, which check_no_attributes_set_in_init cannot see in the signature; that is
+# the skorch-style convention of every skkprior estimator, not something of the task dimension.)
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
-@parametrize_with_checks([ProgressivePriorClassifier(module__hidden_sizes=(8, 8), max_epochs=20, n_samples=10,
-                                                     batch_size=32, device="cpu", random_state=0)],
+class TwoHidden(MLP):
+    """An MLP with two hidden layers, so that a lateral layer exists (net.2)."""
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
+        super().__init__(n_features, n_classes, hidden_sizes=(8, 8))
+
+
+@parametrize_with_checks([ProgressivePriorClassifier(TwoHidden, max_epochs=20, n_samples=10, batch_size=32,
+                                                     device="cpu", random_state=0)],
                          expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
 def test_sklearn_compatible_estimator(estimator, check):
     logging.getLogger("skkprior").setLevel(logging.ERROR)
@@ -332,11 +355,14 @@ def test_sklearn_compatible_estimator(estimator, check):
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_learned_prior_beats_isotropic_on_later_tasks_with_few_data(digits):
-    """Source: an MLP on digits 0-4; targets: [5, 6], [7, 8], [9, 5] with 5 examples per class.
+    """Source: an MLP on digits 0-4; targets [5, 6], [7, 8], [9, 5] with 5 examples per class.
 
-    Measured (3 seeds, 60 epochs): accuracy on the later tasks (2 and 3) 0.90 with the learned
-    prior, 0.81 with the isotropic prior centred at the source weights; test NLL 0.25 against
-    0.43. Thresholds below leave half of those margins.
+    Measured on the later tasks (2 and 3), seeds 0 and 1 (what this test runs): accuracy 0.911
+    with the learned prior, 0.809 with the isotropic prior centred at the source weights, 0.756
+    with the zero-mean isotropic prior; test NLL 0.228, 0.445, 0.472. (Seeds 0-2: accuracy
+    0.901 / 0.809 / 0.810, NLL 0.240 / 0.518 / 0.415, ECE 0.067 / 0.103 / 0.133. With 20
+    examples per class the zero-mean isotropic prior catches up: 0.963 / 0.930 / 0.966.)
+    The thresholds leave about half of the measured margins.
     """
     X, y = digits
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.4, random_state=0, stratify=y)
@@ -349,6 +375,7 @@ def test_learned_prior_beats_isotropic_on_later_tasks_with_few_data(digits):
         "learned": learn_prior(net, torch.from_numpy(Xtr[src]), torch.from_numpy(ytr[src]), head="net.4",
                                weight_decay=1.0, progress=False, generator=torch.Generator().manual_seed(0)),
         "isotropic": learn_prior(net, None, kind="isotropic", head="net.4", weight_decay=1.0),
+        "zero-mean isotropic": None,
     }
     groups = [[5, 6], [7, 8], [9, 5]]
     acc = {name: [] for name in priors}
@@ -367,7 +394,8 @@ def test_learned_prior_beats_isotropic_on_later_tasks_with_few_data(digits):
                 labels = np.searchsorted(clf.task_classes_[t], yte[test])
                 acc[name].append(float((proba.argmax(1) == labels).mean()))
                 loss[name].append(nll(proba, labels))
-    learned, iso = np.mean(acc["learned"]), np.mean(acc["isotropic"])
-    assert learned > 0.85
-    assert learned - iso > 0.04, (acc, loss)
-    assert np.mean(loss["learned"]) < np.mean(loss["isotropic"]) - 0.05, (acc, loss)
+    learned = np.mean(acc["learned"])
+    assert learned > 0.86, acc
+    for other in ("isotropic", "zero-mean isotropic"):
+        assert learned - np.mean(acc[other]) > 0.05, (acc, loss)
+        assert np.mean(loss["learned"]) < np.mean(loss[other]) - 0.1, (acc, loss)

@@ -1,0 +1,230 @@
+"""Bayesian Progressive Neural Networks against the posterior chain and independent networks.
+
+Two task-incremental streams (every task has its own classes; a method is told the task at test
+time), with few training examples per class:
+
+- split Fashion-MNIST: 5 tasks of 2 classes ([0, 1], [2, 3], ..., [8, 9]);
+- MNIST -> Fashion-MNIST -> Animal-MNIST: 3 tasks of 10 classes.
+
+Methods, all with the same network, epochs, scale choice (``scaling="validation"``) and
+Monte-Carlo predictive:
+
+- ``progressive, learned prior``: :class:`~skkprior.progressive.ProgressivePriorClassifier`, every
+  column under the prior learned from the pretrained MNIST network (METHOD.md section 5);
+- ``progressive, isotropic prior``: the same with the isotropic prior centred at the pretrained
+  weights, ``N(theta_s, delta^-1 I)``;
+- ``posterior chain``: one :class:`~skkprior.KroneckerPriorClassifier` with a 10-way head learning
+  task after task with ``partial_fit`` (the posterior of one task is the prior of the next),
+  evaluated task-incrementally (its probabilities restricted to the task's classes);
+- ``independent networks``: one :class:`~skkprior.KroneckerPriorClassifier` per task, each under
+  the learned prior.
+
+For each stream, number of examples per class and method: accuracy and ECE (15 bins) of every
+task after the last one, their averages, the average over the later tasks (2nd onwards), and
+forgetting (Chaudhry et al.) from the accuracy matrix. The progressive network cannot forget:
+the script checks that its final predictions of every task are bitwise those right after the
+task was learned.
+
+Run ``python examples/progressive.py --quick`` on a CPU (a small CNN pretrained here on MNIST
+for a minute, 10 examples per class, 300 test images per task) or ``python examples/progressive.py``
+on a GPU (the pretrained MNIST CNN of ``pretrained_mnist_cnn`` and its learned prior, 10 and 100
+examples per class, up to 2,000 test images per task). Results go to
+``examples/results/progressive[_quick].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from _shared import mean_std, mnist_prior, parse_args, save_results
+from skkprior import KroneckerPriorClassifier, learn_prior
+from skkprior.datasets import (MnistCNN, Task, dataset_sequence, load_fashion_mnist, load_mnist, split_tasks,
+                               subsample_per_class)
+from skkprior.metrics import ece, forgetting, nll
+from skkprior.progressive import ProgressivePriorClassifier
+
+log = logging.getLogger("examples.progressive")
+
+WEIGHT_DECAY = 1.0
+HEAD = "classifier.2"
+METHODS = ("progressive, learned prior", "progressive, isotropic prior", "posterior chain",
+           "independent networks")
+
+
+class SmallCNN(nn.Module):
+    """The quick mode's network: MnistCNN's layout at a quarter of the width (MNIST-normalized input)."""
+
+    def __init__(self, n_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(16 * 7 * 7, 32), nn.ReLU(), nn.Linear(32, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - MnistCNN.MEAN) / MnistCNN.STD
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def pretrain_small_cnn(device: str, epochs: int = 3) -> SmallCNN:
+    """SmallCNN trained on the MNIST training split (a stand-in for the pretrained MnistCNN)."""
+    X, y, X_test, y_test = load_mnist()
+    torch.manual_seed(0)
+    net = SmallCNN().to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(yt), generator=gen).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(torch.from_numpy(X_test).to(device)).argmax(1).cpu().numpy() == y_test).mean()
+    log.info("SmallCNN on MNIST: test accuracy %.4f", acc)
+    return net
+
+
+def source(args: Any) -> tuple[type[nn.Module], Any, Any, dict[str, Any]]:
+    """The network class, the learned prior and the isotropic prior with learned mean."""
+    if args.quick:
+        net = pretrain_small_cnn(args.device)
+        X, y, _, _ = load_mnist()
+        learned = learn_prior(net, torch.from_numpy(X), torch.from_numpy(y), head=HEAD, weight_decay=WEIGHT_DECAY,
+                              device=args.device, generator=torch.Generator(device=args.device).manual_seed(0),
+                              progress=False)
+        iso = learn_prior(net, None, kind="isotropic", head=HEAD, weight_decay=WEIGHT_DECAY)
+        return SmallCNN, learned, iso, {"network": "SmallCNN pretrained here on MNIST (8,000 images, 3 epochs)"}
+    learned = mnist_prior(weight_decay=WEIGHT_DECAY, device=args.device)
+    iso = mnist_prior(weight_decay=WEIGHT_DECAY, kind="isotropic", device=args.device)
+    return MnistCNN, learned, iso, {"network": "MnistCNN, pretrained (ccexam) on MNIST"}
+
+
+def streams(args: Any) -> dict[str, list[Task]]:
+    fashion = split_tasks(*load_fashion_mnist(), class_groups=5, relabel=True)
+    return {"split Fashion-MNIST": fashion, "MNIST -> Fashion -> Animal": dataset_sequence()}
+
+
+def test_subset(task: Task, n_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.permutation(len(task.y_test))[:n_max])
+    return task.X_test[keep], task.y_test[keep]
+
+
+def scores(proba: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    return float((proba.argmax(1) == y).mean()), ece(proba, y), nll(proba, y)
+
+
+def run_method(method: str, tasks: list[Task], train: list[tuple[np.ndarray, np.ndarray]],
+               test: list[tuple[np.ndarray, np.ndarray]], net_class: type[nn.Module], priors: dict[str, Any],
+               common: dict[str, Any]) -> dict[str, Any]:
+    """Learn the stream with one method; the accuracy matrix and final per-task ECE / NLL."""
+    T = len(tasks)
+    acc = np.full((T, T), np.nan)
+    final: list[tuple[float, float, float]] = [None] * T  # type: ignore[list-item]
+    start = time.perf_counter()
+    if method.startswith("progressive"):
+        prior = priors["learned" if "learned" in method else "isotropic"]
+        clf = ProgressivePriorClassifier(net_class, prior=prior, **common)
+        right_after = []
+        for i, (task, (X, y)) in enumerate(zip(tasks, train)):
+            clf.partial_fit(X, y, task=task.name)
+            proba = clf.predict_proba(test[i][0], task=task.name)
+            right_after.append(proba)
+            acc[i, i] = scores(proba, test[i][1])[0]
+        for j, task in enumerate(tasks):  # after the last task: bitwise the same predictions
+            proba = clf.predict_proba(test[j][0], task=task.name)
+            assert np.array_equal(proba, right_after[j]), f"{method} changed its predictions of {task.name}"
+            acc[j:, j] = acc[j, j]
+            final[j] = scores(proba, test[j][1])
+        kl = clf.kl_
+    elif method == "posterior chain":
+        # one head over the labels of the whole stream (task.classes[y] is a task's original label)
+        clf = KroneckerPriorClassifier(net_class, prior=priors["learned"], **common)
+        labels = np.unique(np.concatenate([t.classes for t in tasks]))
+        for i, (task, (X, y)) in enumerate(zip(tasks, train)):
+            clf.partial_fit(X, task.classes[y], classes=labels if i == 0 else None)
+            for j in range(i + 1):
+                cols = np.searchsorted(clf.classes_, tasks[j].classes)
+                proba = clf.predict_proba(test[j][0])[:, cols]
+                proba = proba / proba.sum(1, keepdims=True)
+                acc[i, j] = scores(proba, test[j][1])[0]
+                if i == T - 1:
+                    final[j] = scores(proba, test[j][1])
+        kl = None
+    else:
+        for i, (task, (X, y)) in enumerate(zip(tasks, train)):
+            clf = KroneckerPriorClassifier(net_class, prior=priors["learned"], **common).fit(X, y)
+            proba = clf.predict_proba(test[i][0])
+            acc[i:, i] = scores(proba, test[i][1])[0]
+            final[i] = scores(proba, test[i][1])
+        kl = None
+    return {"acc": acc, "final": final, "seconds": time.perf_counter() - start, "kl": kl}
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], extra=[
+        ("--n-per-class", {"type": int, "nargs": "+", "default": None,
+                           "help": "training examples per class (default: 10 quick, 10 100 full)"}),
+    ])
+    quick = args.quick
+    n_per_class = args.n_per_class or ([10] if quick else [10, 100])
+    n_seeds = args.seeds or 1
+    n_test = 300 if quick else 2000
+    common = dict(max_epochs=40, lr=1e-3, batch_size=32, n_samples=20 if quick else 50, weight_decay=WEIGHT_DECAY,
+                  device=args.device)
+    begin = time.perf_counter()
+    net_class, learned, iso, info = source(args)
+    priors = {"learned": learned, "isotropic": iso}
+    log.info("source ready in %.1f s", time.perf_counter() - begin)
+    rows: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
+    for stream_name, tasks in streams(args).items():
+        for n in n_per_class:
+            per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+            for seed in range(n_seeds):
+                train = [subsample_per_class(t.X_train, t.y_train, n, random_state=seed) for t in tasks]
+                test = [test_subset(t, n_test, seed) for t in tasks]
+                for method in METHODS:
+                    result = run_method(method, tasks, train, test, net_class, priors,
+                                        {**common, "random_state": seed})
+                    per_method[method].append(result)
+                    log.info("%s, n=%d, seed %d, %s: %.1f s", stream_name, n, seed, method, result["seconds"])
+                    raw.append({"stream": stream_name, "n_per_class": n, "seed": seed, "method": method,
+                                "acc_matrix": result["acc"].tolist(),
+                                "final": [list(f) for f in result["final"]], "kl": result["kl"],
+                                "seconds": result["seconds"]})
+            for method, results in per_method.items():
+                final_acc = np.array([[f[0] for f in r["final"]] for r in results])
+                final_ece = np.array([[f[1] for f in r["final"]] for r in results])
+                avg_acc, avg_acc_sd = mean_std(final_acc.mean(1))
+                rows.append({
+                    "stream": stream_name, "n/class": n, "method": method,
+                    "avg acc": avg_acc, "sd": avg_acc_sd,
+                    "later acc": float(final_acc[:, 1:].mean()),
+                    "avg ECE": float(final_ece.mean()),
+                    "forgetting": float(np.mean([forgetting(r["acc"]) for r in results])),
+                    "acc per task": " / ".join(f"{a:.3f}" for a in final_acc.mean(0)),
+                    "ECE per task": " / ".join(f"{e:.3f}" for e in final_ece.mean(0)),
+                    "s": float(np.mean([r["seconds"] for r in results])),
+                })
+    total = time.perf_counter() - begin
+    save_results("progressive", rows, args, extra={"runs": raw, "seeds": n_seeds, "n_test": n_test,
+                                                    "common": {k: str(v) for k, v in common.items()},
+                                                    "total_seconds": total, **info})
+    log.info("total %.1f s", total)
+    for row in rows:
+        chance = 0.5 if row["stream"].startswith("split") else 0.1
+        assert row["avg acc"] > chance + 0.1, row
+        if row["method"].startswith("progressive"):
+            assert row["forgetting"] == 0.0, row
+
+
+if __name__ == "__main__":
+    main()

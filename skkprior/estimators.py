@@ -816,7 +816,8 @@ class PACBayesBoundEstimator(_BaseKronecker):
         which is blind to how far a broad posterior is from the MAP. Every candidate here is
         scored by the bound with its Monte-Carlo Gibbs risk on the bound data (PAC-Bayes
         bounds hold for all Q at once, so this choice is free); ties of vacuous bounds go to the
-        lower Gibbs risk. The certificate is then computed with fresh, independent draws.
+        lower Gibbs risk (bounds equal to three decimals count as tied). The certificate is then
+        computed with fresh, independent draws.
         """
         from .bounds import certificate_from_errors
         from .predictive import gibbs_error_count
@@ -833,7 +834,8 @@ class PACBayesBoundEstimator(_BaseKronecker):
                                            delta=self.delta, delta_mc=self.delta_mc,
                                            union_size=self._union_size(), bound=kl_bound,
                                            C=1.0 if kl_bound == "catoni" else None)
-            key = (cert.risk_bound, cert.empirical_gibbs_risk)
+            # bounds equal to 3 decimals tie (0.9998 is as vacuous as 1.0): then the lower Gibbs risk wins
+            key = (round(cert.risk_bound, 3), cert.empirical_gibbs_risk)
             if best is None or key < best[0]:
                 best = (key, q)
         return best[1]

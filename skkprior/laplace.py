@@ -329,8 +329,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     ----------
     model : nn.Module
         The pretrained network (not modified).
-    X, y : array-like or tensors, or a DataLoader / Dataset in place of ``X`` (``y=None``)
-        Source data.
+    X, y : array-like or tensors
+        Source data; a DataLoader or Dataset may stand in place of ``X`` (then ``y=None``).
     kind : {"kronecker", "isotropic"}, default="kronecker"
         ``"isotropic"``: the isotropic prior with learned mean ``N(theta_s, delta^-1 I)``
         (no curvature pass).

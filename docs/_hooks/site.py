@@ -11,11 +11,16 @@
      plot of a folder;
    - ``<!-- skkprior:docstring examples/NAME.py -->``: the script's module docstring;
    - ``<!-- skkprior:source examples/NAME.py -->``: the script itself, in a collapsed block;
-   - ``<!-- skkprior:include FILE -->``: a Markdown file of the repository (the changelog).
+   - ``<!-- skkprior:include FILE -->``: a Markdown file of the repository (the changelog);
+   - ``<!-- skkprior:examples-index examples -->``, ``<!-- skkprior:scripts-index benchmarks -->``:
+     a table of the scripts of a folder with their summaries.
 
    Headings of included files are shifted below the marker's section; relative links in them
    are kept only when they point at a plot the site carries (otherwise their text stays).
-2. Math: ``pymdownx.arithmatex`` marks ``$...$`` / ``$$...$$`` (in pages and, through
+2. Pages nobody has written yet: an example script (``examples/NAME.py``) or a public module
+   (``skkprior/NAME.py``) without its page gets a generated one, added to the navigation, so
+   the site always has one page per example and per public module.
+3. Math: ``pymdownx.arithmatex`` marks ``$...$`` / ``$$...$$`` (in pages and, through
    ``docs/_hooks/rst_to_md.py``, in docstrings); this hook turns them into MathML with
    ``latex2mathml`` when it is installed, so the site needs no JavaScript and no network. Without
    ``latex2mathml`` the TeX source is shown as it is.
@@ -48,7 +53,7 @@ _HEADING = re.compile(r"^(#{1,6})(\s)")
 _LINK = re.compile(r"(?P<bang>!?)\[(?P<text>[^\]]*)\]\((?P<target>[^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
-_state: dict[str, Any] = {"root": None, "images": set()}
+_state: dict[str, Any] = {"root": None, "images": set(), "generated": {}}
 
 
 def _root(config: Any) -> Path:
@@ -56,12 +61,98 @@ def _root(config: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------------------
-# files: plots of the results folders
+# pages nobody has written yet: examples and public modules
+# ------------------------------------------------------------------------------------------
+_API_TEMPLATE = "::: skkprior.{name}\n"
+_EXAMPLE_TEMPLATE = """# {title}
+
+<!-- skkprior:docstring examples/{name}.py -->
+
+## Results
+
+<!-- skkprior:results examples/results/{name} -->
+
+## Run it
+
+```bash
+bash scripts/fetch_data.sh
+python examples/{name}.py --quick   # scaled-down run
+python examples/{name}.py           # the full run
+```
+
+<!-- skkprior:source examples/{name}.py -->
+"""
+
+
+def example_scripts(root: Path) -> list[str]:
+    """Names of the example scripts (``examples/NAME.py``, helpers ``_*.py`` excluded)."""
+    return sorted(p.stem for p in (root / "examples").glob("*.py") if not p.name.startswith("_"))
+
+
+def public_modules(root: Path) -> list[str]:
+    """Names of the public modules of the package (``skkprior/NAME.py``, ``_*.py`` excluded)."""
+    return sorted(p.stem for p in (root / "skkprior").glob("*.py") if not p.name.startswith("_"))
+
+
+def _summary(path: Path) -> str:
+    """First line of a script's module docstring ("" when it has none)."""
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        return ""
+    return _rst.rst_to_markdown(doc.strip().splitlines()[0].strip()) if doc.strip() else ""
+
+
+def _nav_section(nav: list, title: str) -> list | None:
+    for item in nav or []:
+        if isinstance(item, dict) and title in item and isinstance(item[title], list):
+            return item[title]
+    return None
+
+
+def _nav_paths(items: Any) -> set[str]:
+    paths: set[str] = set()
+    for item in items if isinstance(items, list) else [items]:
+        if isinstance(item, str):
+            paths.add(item)
+        elif isinstance(item, dict):
+            for value in item.values():
+                paths |= _nav_paths(value)
+    return paths
+
+
+def on_config(config: Any) -> Any:
+    root = _root(config)
+    docs = Path(config.docs_dir)
+    generated: dict[str, str] = {}
+    listed = _nav_paths(config.nav)
+    for section, folder, names, template in (
+        ("Examples", "examples", example_scripts(root), _EXAMPLE_TEMPLATE),
+        ("API reference", "api", public_modules(root), _API_TEMPLATE),
+    ):
+        entries = _nav_section(config.nav, section)
+        for name in names:
+            uri = f"{folder}/{name}.md"
+            if not (docs / uri).is_file():
+                title = name.replace("_", " ").capitalize()
+                generated[uri] = template.format(name=name, title=title)
+                logger.info("skkprior docs: generated page %s (no hand-written page yet)", uri)
+            if entries is not None and uri not in listed:
+                entries.append({name.replace("_", " ").capitalize() if folder == "examples"
+                                else f"skkprior.{name}": uri})
+    _state["generated"] = generated
+    return config
+
+
+# ------------------------------------------------------------------------------------------
+# files: generated pages, plots of the results folders
 # ------------------------------------------------------------------------------------------
 def on_files(files: Any, config: Any) -> Any:
     root = _root(config)
     _state["root"] = root
     _state["images"] = set()
+    for uri, content in _state.get("generated", {}).items():
+        files.append(File.generated(config, uri, content=content))
     for folder in ("examples/results", "benchmarks/results"):
         base = root / folder
         if not base.is_dir():
@@ -174,8 +265,41 @@ def _include_docstring(root: Path, arg: str, level: int, page: Any) -> str:
         doc = None
     if not doc:
         return ""
-    text = _rst.rst_to_markdown(doc)
+    text = _rst.rst_to_markdown(doc, _import_resolver)
     return _shift_headings(_neutralize_links(text, path, root, page), level + 1)
+
+
+def _import_resolver(name: str) -> str | None:
+    """Canonical path of a public skkprior object named in an example's docstring, else None.
+
+    The reference becomes an *optional* cross-reference: it links when the object is on an API
+    page and stays inline code otherwise, so it can never break the build.
+    """
+    import importlib
+
+    if not name.startswith("skkprior"):
+        name = f"skkprior.{name}"
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except Exception:  # noqa: BLE001 - not a module (or not importable): try shorter
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        if cut == len(parts):
+            return obj.__name__
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if not module or not qualname or not module.startswith("skkprior"):
+            return None
+        path = f"{module}.{qualname}"
+        if any(p.startswith("_") and not p.endswith("__") for p in path.split(".")):
+            return None
+        return path
+    return None
 
 
 def _include_source(root: Path, arg: str, level: int, page: Any) -> str:
@@ -188,7 +312,46 @@ def _include_source(root: Path, arg: str, level: int, page: Any) -> str:
     return f'??? example "Source: `{arg}`"\n{body}\n'
 
 
+def _results_status(root: Path, name: str) -> str:
+    folder = root / "examples" / "results"
+    if (folder / f"{name}.md").is_file() or any(
+            not p.stem.endswith("_quick") for p in folder.glob(f"{name}_*.md")):
+        return "measured"
+    if (folder / f"{name}_quick.md").is_file() or list(folder.glob(f"{name}_*_quick.md")):
+        return "quick run only"
+    return "not yet measured"
+
+
+def _examples_index(root: Path, arg: str, level: int, page: Any) -> str:
+    docs = Path(page.file.abs_src_path).parent if page.file.abs_src_path else None
+    names = set(example_scripts(root))
+    if docs is not None:
+        names |= {p.stem for p in docs.glob("*.md") if p.stem != "index"}
+    names |= {uri.split("/")[-1][:-3] for uri in _state.get("generated", {}) if uri.startswith("examples/")}
+    rows = ["| example | script | what it shows | results |", "|---|---|---|---|"]
+    for name in sorted(names):
+        script = root / arg / f"{name}.py"
+        summary = _summary(script) if script.is_file() else "being written"
+        summary = summary.replace("|", "\\|")
+        rows.append(f"| [{name.replace('_', ' ')}]({name}.md) | `{arg}/{name}.py` | {summary} | "
+                    f"{_results_status(root, name)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _scripts_index(root: Path, arg: str, level: int, page: Any) -> str:
+    scripts = sorted(p for p in (root / arg).glob("*.py") if not p.name.startswith("_"))
+    if not scripts:
+        return ""
+    rows = ["| script | what it measures |", "|---|---|"]
+    for path in scripts:
+        summary = _summary(path).replace("|", "\\|")
+        rows.append(f"| `python {arg}/{path.name}` | {summary} |")
+    return "\n".join(rows) + "\n"
+
+
 _HANDLERS = {
+    "examples-index": _examples_index,
+    "scripts-index": _scripts_index,
     "results": _include_results,
     "results-dir": _include_results_dir,
     "include": _include_file,

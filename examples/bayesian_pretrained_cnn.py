@@ -58,7 +58,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from _shared import parse_args, save_results
-from skkprior import isotropic_prior, kfac, learn_prior, posterior
+from skkprior import LayerwiseGaussian, isotropic_prior, kfac, learn_prior, posterior
 from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
 from skkprior.metrics import evaluate, ood_auroc
 from skkprior.predictive import linearized_logit_moments, predict_proba_map, predict_proba_mc
@@ -66,8 +66,9 @@ from skkprior.predictive import linearized_logit_moments, predict_proba_map, pre
 NAME = "bayesian_pretrained_cnn"
 NLL_TOLERANCE = 0.01
 DELTA = 1e-4  # delta: the isotropic precision; alpha multiplies it
-PRIOR_SCALES = (1.0, 1e1, 1e2, 1e3, 1e4, 1e5)  # alpha * delta from 1e-4 to 10
-TEMPERATURES = (1.0, 0.1, 0.01, 0.001)
+PRIOR_SCALES = (1e3, 1e4, 1e5, 1e6)  # alpha * delta from 0.1 to 100
+TEMPERATURES = (0.1, 0.01, 0.001)
+ISOTROPIC_PRECISIONS = (1e2, 3e2, 1e3, 3e3, 1e4)  # the control: N(theta_s, 1/p I), no curvature
 
 FULL = {"n_fit": 7000, "n_val": 1000, "n_test": 2000, "n_ood": None, "n_samples": 100, "n_samples_val": 30}
 QUICK = {"n_fit": 1000, "n_val": 200, "n_test": 300, "n_ood": 300, "n_samples": 20, "n_samples_val": 16}
@@ -136,6 +137,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             grid_mc.append({"alpha": a, "tau": t, **evaluate(p_mc, y_val), "entropy": _entropy(p_mc)})
     mc_rule, mc_nll = _choose(grid_mc, map_val)
     lin_rule, lin_nll = _choose(grid_lin, map_val)
+    grid_iso = []
+    for prec in ISOTROPIC_PRECISIONS:
+        p_iso = predict_proba_mc(net, LayerwiseGaussian.isotropic(net, prec), to_t(X_val),
+                                 n_samples=cfg["n_samples_val"], generator=gen(1)).cpu().numpy()
+        grid_iso.append({"alpha": prec / DELTA, "tau": 1.0, **evaluate(p_iso, y_val), "entropy": _entropy(p_iso)})
+    iso_rule, _ = _choose(grid_iso, map_val)
 
     # --- evaluation on MNIST test, Fashion-MNIST and Animal-MNIST ----------------------------------------------
     def predict_mc(q: Any) -> Any:
@@ -163,20 +170,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ("learned prior (NKP), MC", mc_rule["alpha"], mc_rule["tau"], learned_predict),
         ("posterior, MC, val-NLL choice", mc_nll["alpha"], mc_nll["tau"],
          predict_mc(base.with_scales(prior_scale=mc_nll["alpha"], temperature=mc_nll["tau"]))),
+        ("control: isotropic N(MAP, 1/p I), MC", iso_rule["alpha"], 1.0,
+         predict_mc(LayerwiseGaussian.isotropic(net, iso_rule["alpha"] * DELTA))),
     ]
     rows, probas = [], {}
     for label, a, t, predict in methods:
         p_in, p_f, p_a = predict(X_in), predict(X_fashion), predict(X_animal)
         probas[label] = (p_in, p_f, p_a)
-        rows.append({"method": label, "alpha*delta": "" if a is None else a * DELTA, "tau": "" if t is None else t,
+        rows.append({"method": label, "alpha*delta (p)": "" if a is None else a * DELTA, "tau": "" if t is None else t,
                      **{k: v for k, v in evaluate(p_in, y_in).items() if k != "brier"},
                      "auroc_fashion": ood_auroc(p_in, p_f), "auroc_animal": ood_auroc(p_in, p_a)})
     elapsed = time.perf_counter() - start
     extra = {
         "config": cfg, "delta": DELTA, "nll_tolerance": NLL_TOLERANCE,
         "grid": {"prior_scales": PRIOR_SCALES, "temperatures": TEMPERATURES},
-        "validation": {"map": map_val, "mc": grid_mc, "linearized": grid_lin},
-        "chosen": {"mc": mc_rule, "linearized": lin_rule, "mc_val_nll": mc_nll, "linearized_val_nll": lin_nll},
+        "isotropic_precisions": ISOTROPIC_PRECISIONS,
+        "validation": {"map": map_val, "mc": grid_mc, "linearized": grid_lin, "isotropic": grid_iso},
+        "chosen": {"mc": mc_rule, "linearized": lin_rule, "mc_val_nll": mc_nll, "linearized_val_nll": lin_nll,
+                   "isotropic": iso_rule},
         "nkp_error": learned.metadata.get("nkp_error"),
         "n_fit": int(len(y_fit)), "n_val": int(len(y_val)), "n_test": int(len(y_in)),
         "n_fashion": int(len(X_fashion)), "n_animal": int(len(X_animal)),

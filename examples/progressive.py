@@ -112,8 +112,12 @@ def source(args: Any) -> tuple[type[nn.Module], Any, Any, dict[str, Any]]:
 
 
 def streams(args: Any) -> dict[str, list[Task]]:
-    fashion = split_tasks(*load_fashion_mnist(), class_groups=5, relabel=True)
-    return {"split Fashion-MNIST": fashion, "MNIST -> Fashion -> Animal": dataset_sequence()}
+    out = {}
+    if "split" in args.streams:
+        out["split Fashion-MNIST"] = split_tasks(*load_fashion_mnist(), class_groups=5, relabel=True)
+    if "sequence" in args.streams:
+        out["MNIST -> Fashion -> Animal"] = dataset_sequence()
+    return out
 
 
 def test_subset(task: Task, n_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,14 +182,18 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0], extra=[
         ("--n-per-class", {"type": int, "nargs": "+", "default": None,
                            "help": "training examples per class (default: 10 quick, 10 100 full)"}),
+        ("--n-test", {"type": int, "default": None, "help": "test images per task (default: 200 quick, 2000 full)"}),
+        ("--n-samples", {"type": int, "default": None, "help": "posterior draws of the predictive (10 / 50)"}),
+        ("--streams", {"nargs": "+", "default": ["split", "sequence"], "choices": ["split", "sequence"],
+                       "help": "split Fashion-MNIST and/or MNIST -> Fashion -> Animal"}),
     ])
     quick = args.quick
     n_per_class = args.n_per_class or ([10] if quick else [10, 100])
     n_seeds = args.seeds or 1
-    n_test = 200 if quick else 2000
+    n_test = args.n_test or (200 if quick else 2000)
     batch_size = 32
-    common = dict(lr=1e-3, batch_size=batch_size, n_samples=10 if quick else 50, weight_decay=WEIGHT_DECAY,
-                  device=args.device)
+    common = dict(lr=1e-3, batch_size=batch_size, n_samples=args.n_samples or (10 if quick else 50),
+                  weight_decay=WEIGHT_DECAY, device=args.device)
     begin = time.perf_counter()
     net_class, learned, iso, info = source(args)
     priors = {"learned": learned, "isotropic": iso}

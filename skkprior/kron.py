@@ -227,7 +227,8 @@ class Kron:
     # -- algebra --------------------------------------------------------------------------
     def to_dense(self) -> torch.Tensor:
         """The dense ``(n m) x (n m)`` matrix ``torch.kron(G, A)``."""
-        return torch.kron(self.G, self.A)
+        # contiguous: torch.kron fails on some non-contiguous inputs in torch 2.11
+        return torch.kron(self.G.contiguous(), self.A.contiguous())
 
     def matmul(self, X: torch.Tensor) -> torch.Tensor:
         """``G @ X @ A.T`` for ``X`` of shape ``(..., n, m)``: the product with vec_row(X).
@@ -1015,7 +1016,7 @@ class KronDecomposed:
 
     def to_dense(self) -> torch.Tensor:
         """The dense matrix ``(T_G (x) T_A)^-T diag(Lambda) (T_G (x) T_A)^-1``."""
-        Tinv = torch.kron(self.T_G_inv, self.T_A_inv)
+        Tinv = torch.kron(self.T_G_inv.contiguous(), self.T_A_inv.contiguous())
         return Tinv.T @ (self.eigenvalues().reshape(-1, 1) * Tinv)
 
     def _to_eig(self, X: torch.Tensor) -> torch.Tensor:
@@ -1042,7 +1043,7 @@ class KronDecomposed:
 
     def inverse_to_dense(self) -> torch.Tensor:
         """The dense inverse ``(T_G (x) T_A) diag(1/Lambda) (T_G (x) T_A)^T`` (tests only)."""
-        T = torch.kron(self.T_G, self.T_A)
+        T = torch.kron(self.T_G.contiguous(), self.T_A.contiguous())
         return (T * self._inverse_eigenvalues().reshape(1, -1)) @ T.T
 
     def logdet(self) -> torch.Tensor:

@@ -442,8 +442,8 @@ class ProgressivePriorClassifier(_BaseKronecker):
     >>> from sklearn.datasets import load_digits
     >>> X, y = load_digits(return_X_y=True)
     >>> X = X / 16.0
-    >>> clf = ProgressivePriorClassifier(module__hidden_sizes=(16, 16), max_epochs=10, n_samples=10,
-    ...                                  device="cpu", random_state=0)
+    >>> clf = ProgressivePriorClassifier(module__hidden_sizes=(16, 16), scaling="fixed", temperature=0.01,
+    ...                                  max_epochs=10, n_samples=10, device="cpu", random_state=0)
     >>> first = np.isin(y, [0, 1])
     >>> clf.partial_fit(X[first], y[first], task="0 vs 1").lateral_layers_
     ('net.2',)

@@ -42,7 +42,7 @@ def _indent_of(line: str) -> int:
 
 
 def _convert_role(match: re.Match, resolve: Resolver | None) -> str:
-    role, body = match["role"], match["body"].strip()
+    role, body = match["role"], " ".join(match["body"].split())  # a role may span lines
     if role == "math":
         return f"${body}$"
     title, target = body, body
@@ -66,7 +66,7 @@ def _escape_html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-_INLINE = re.compile(_ROLE.pattern + r"|(?P<code>``.+?``|`[^`]+`)|(?P<cite>\[[0-9A-Za-z]+\])_(?!\w)")
+_INLINE = re.compile(_ROLE.pattern + r"|(?P<code>``[\s\S]+?``|`[^`]+`)|(?P<cite>\[[0-9A-Za-z]+\])_(?!\w)")
 
 
 def _convert_inline(line: str, resolve: Resolver | None) -> str:
@@ -80,11 +80,69 @@ def _convert_inline(line: str, resolve: Resolver | None) -> str:
     return _INLINE.sub(replace, line)
 
 
+_PARAM_SECTIONS = {"parameters", "other parameters", "attributes", "keyword arguments", "receives"}
+_NAME = r"\*{0,2}[A-Za-z_][A-Za-z_0-9]*"
+_GROUP = re.compile(rf"^(?P<names>{_NAME}(?:\s*,\s*{_NAME})+)\s*(?::\s*(?P<type>.*))?$")
+
+
+def split_grouped_entries(text: str) -> str:
+    """One entry per name in numpydoc parameter-like sections.
+
+    numpydoc allows ``a, b : float`` (and a name list continued on the next line); griffe's
+    parser gives every name of such a group the annotation and default of the first one in
+    the signature. Each name gets its own entry with the group's description instead; a
+    ``default=x, y`` with one value per name is distributed.
+    """
+    lines = text.splitlines()
+    out: list[str] = []
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if line.strip() and re.fullmatch(r"-{3,}", nxt.strip()) and _indent_of(line) == _indent_of(nxt):
+            section = line.strip().lower()
+            out.extend([line, nxt])
+            i += 2
+            continue
+        if section in _PARAM_SECTIONS and line.strip() and _indent_of(line) == 0:
+            header = line.rstrip()
+            j = i + 1
+            while header.endswith(",") and j < len(lines) and lines[j].strip() and _indent_of(lines[j]) == 0:
+                header += " " + lines[j].strip()
+                j += 1
+            group = _GROUP.match(header)
+            if group:
+                names = [n.strip() for n in group["names"].split(",")]
+                desc: list[str] = []
+                while j < len(lines) and (not lines[j].strip() or _indent_of(lines[j]) > 0):
+                    if not lines[j].strip() and (j + 1 >= len(lines) or not lines[j + 1].strip()
+                                                 or _indent_of(lines[j + 1]) == 0):
+                        break
+                    desc.append(lines[j])
+                    j += 1
+                types = [group["type"]] * len(names) if group["type"] else [None] * len(names)
+                if group["type"]:
+                    defaults = re.match(r"^(?P<t>.*?),\s*default[= ]\s*(?P<d>.+)$", group["type"])
+                    if defaults:
+                        values = [v.strip() for v in defaults["d"].split(",")]
+                        if len(values) == len(names):
+                            types = [f"{defaults['t']}, default={v}" for v in values]
+                for name, kind in zip(names, types):
+                    out.append(f"{name} : {kind}" if kind else name)
+                    out.extend(desc)
+                i = j
+                continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str, resolve: Resolver | None = None) -> str:
     """Rewrite the reStructuredText constructs of a docstring into Markdown (idempotent)."""
     if not text:
         return text
-    lines = text.splitlines()
+    lines = split_grouped_entries(text).splitlines()
     out: list[str] = []
     i = 0
     in_fence = False
@@ -107,10 +165,12 @@ def rst_to_markdown(text: str, resolve: Resolver | None = None) -> str:
             block, i = _indented_block(lines, i, len(indent))
             body += textwrap.dedent("\n".join(block)).splitlines()
             body = [b for b in body if b.strip()]
+            # at column 0: pymdownx.arithmatex does not see an indented block (in a list item
+            # continued by two spaces, as reStructuredText writes it)
             _ensure_blank(out)
-            out.append(f"{indent}$$")
-            out.extend(f"{indent}{b.strip()}" for b in body)
-            out.append(f"{indent}$$")
+            out.append("$$")
+            out.extend(b.strip() for b in body)
+            out.append("$$")
             out.append("")
             continue
         citation = _CITATION.match(line)
@@ -122,7 +182,7 @@ def rst_to_markdown(text: str, resolve: Resolver | None = None) -> str:
                     and not _CITATION.match(lines[i]):
                 text_lines.append(lines[i].strip())
                 i += 1
-            out.append(f"{indent}- [{citation['label']}] " + _convert_inline(" ".join(text_lines), resolve))
+            out.append(f"{indent}- [{citation['label']}] " + " ".join(text_lines))
             continue
         stripped = line.rstrip()
         if stripped.endswith("::") and not stripped.lstrip().startswith(".."):
@@ -134,7 +194,7 @@ def rst_to_markdown(text: str, resolve: Resolver | None = None) -> str:
             if j < len(lines) and _indent_of(lines[j]) > base:
                 head = stripped[:-2].rstrip()
                 if head.strip():
-                    out.append(_convert_inline(head + ("" if stripped.endswith(" ::") else ":"), resolve))
+                    out.append(head + ("" if stripped.endswith(" ::") else ":"))
                 block, i = _indented_block(lines, j, base)
                 _ensure_blank(out)
                 pad = " " * base
@@ -143,10 +203,34 @@ def rst_to_markdown(text: str, resolve: Resolver | None = None) -> str:
                 out.append(f"{pad}```")
                 out.append("")
                 continue
-        out.append(_convert_inline(line, resolve))
+        out.append(line)
         i += 1
-    result = "\n".join(out).rstrip("\n")
-    return result
+    return _convert_prose(out, resolve).rstrip("\n")
+
+
+def _convert_prose(lines: list[str], resolve: Resolver | None) -> str:
+    """Apply the inline conversions to runs of prose lines (fences and doctest lines untouched)."""
+    chunks: list[str] = []
+    prose: list[str] = []
+    in_fence = False
+
+    def flush() -> None:
+        if prose:
+            chunks.append(_convert_inline("\n".join(prose), resolve))
+            prose.clear()
+
+    for line in lines:
+        if _FENCE.match(line):
+            flush()
+            in_fence = not in_fence
+            chunks.append(line)
+        elif in_fence or line.lstrip().startswith((">>>", "... ")) or line.strip() == "...":
+            flush()
+            chunks.append(line)
+        else:
+            prose.append(line)
+    flush()
+    return "\n".join(chunks)
 
 
 def _indented_block(lines: list[str], i: int, base: int) -> tuple[list[str], int]:

@@ -322,6 +322,16 @@ def _results_status(root: Path, name: str) -> str:
     return "not yet measured"
 
 
+def _page_title(folder: Path | None, name: str) -> str:
+    """The first heading of ``folder/NAME.md``, else the name in words."""
+    page = folder / f"{name}.md" if folder is not None else None
+    if page is not None and page.is_file():
+        for line in page.read_text(encoding="utf-8").splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    return name.replace("_", " ").capitalize()
+
+
 def _examples_index(root: Path, arg: str, level: int, page: Any) -> str:
     docs = Path(page.file.abs_src_path).parent if page.file.abs_src_path else None
     names = set(example_scripts(root))
@@ -333,7 +343,7 @@ def _examples_index(root: Path, arg: str, level: int, page: Any) -> str:
         script = root / arg / f"{name}.py"
         summary = _summary(script) if script.is_file() else "being written"
         summary = summary.replace("|", "\\|")
-        rows.append(f"| [{name.replace('_', ' ')}]({name}.md) | `{arg}/{name}.py` | {summary} | "
+        rows.append(f"| [{_page_title(docs, name)}]({name}.md) | `{arg}/{name}.py` | {summary} | "
                     f"{_results_status(root, name)} |")
     return "\n".join(rows) + "\n"
 

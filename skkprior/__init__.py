@@ -16,7 +16,7 @@ from .networks import MLP
 
 __version__ = "0.1.0.dev0"
 
-__all__ = sorted([
+__all__ = [
     "Certificate",
     "Curvature",
     "Kron",
@@ -35,4 +35,4 @@ __all__ = sorted([
     "kfoc",
     "learn_prior",
     "posterior",
-])
+]

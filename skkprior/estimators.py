@@ -684,9 +684,22 @@ class PACBayesBoundEstimator(_BaseKronecker):
         Candidate multipliers of the prior precision (a union bound over them is paid).
     catoni_C : float, default=1.0
         Catoni's constant in the training criterion.
-    weight_decay, fisher, predictive, n_samples, max_epochs, lr, batch_size, optimizer,
-    callbacks, device, random_state, verbose, **module_kwargs
+    weight_decay : float, default=1.0
         As in :class:`KroneckerPriorClassifier`.
+    fisher : {"mc", "exact", "empirical"}, default="mc"
+    predictive : {"mc", "map", "linearized"}, default="mc"
+        The predictive of the certified posterior (``"mc"``: its model average).
+    n_samples : int, default=100
+    max_epochs : int, default=30
+    lr : float, default=1e-2
+    batch_size : int, default=64
+    optimizer : torch.optim.Optimizer class, default=torch.optim.Adam
+    callbacks : list of skorch callbacks, optional
+    device : str, default="auto"
+    random_state : int, RandomState or None, default=None
+    verbose : int, default=0
+    **module_kwargs
+        ``module__<name>`` keywords, as in :class:`KroneckerPriorClassifier`.
 
     Attributes
     ----------
@@ -696,8 +709,17 @@ class PACBayesBoundEstimator(_BaseKronecker):
         ``certificate_.risk_bound``.
     prior_scale_ : float
         The chosen prior-scale multiplier.
-    module_, prior_, posterior_, curvature_, classes_, n_features_in_, history_, device_
-        As in :class:`KroneckerPriorClassifier`.
+    module_ : nn.Module
+        The trained network.
+    prior_ : KroneckerPrior
+        The prior at the chosen scale, matched to the network.
+    posterior_ : KroneckerPosterior
+        The certified posterior.
+    curvature_ : Curvature
+    classes_ : ndarray
+    n_features_in_ : int
+    history_ : list of dict
+    device_ : torch.device
 
     Examples
     --------

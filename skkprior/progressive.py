@@ -104,7 +104,7 @@ from ._validation import describe, error_message
 from .estimators import (_VALIDATION_PRIOR_GRID, _VALIDATION_TEMPERATURE_GRID, _Anything, _BaseKronecker,
                          _OpenUnit, _Options, _Positive, _resolve_device, _seed_from)
 from .gaussian import GaussianGroup, LayerwiseGaussian
-from .laplace import KroneckerPosterior, KroneckerPrior, _zero_isotropic_layer_group, posterior
+from .laplace import KroneckerPrior, _zero_isotropic_layer_group, posterior
 from .tuning import tune_pac_bayes, tune_validation
 
 __all__ = ["ProgressivePriorClassifier"]
@@ -753,8 +753,9 @@ class ProgressivePriorClassifier(_BaseKronecker):
                     traced = _ColumnRunner(module, graph, lambda t, a, o: o).run(x)
                     out = self.network_(x)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+                    fix = f"The network raised {type(exc).__name__}: {str(exc)[:200]}"
                     raise ValueError(error_message("X", "inputs of the shape the network accepts", describe(X),
-                                                   f"The network raised {type(exc).__name__}: {str(exc)[:200]}")) from exc
+                                                   fix)) from exc
         finally:
             for m, mode in modes:
                 m.training = mode

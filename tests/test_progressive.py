@@ -77,8 +77,8 @@ def test_zero_forgetting_exact(digits, sample_earlier):
     assert {"columns.0.net.2", "columns.1.net.2", "laterals.1.0.0", "laterals.2.0.0", "laterals.2.1.0"} <= names
 
 
-def test_mc_predictive_samples_earlier_columns(digits):
-    """With sample_earlier="never" only the task's own column is drawn: a different predictive."""
+def test_where_earlier_columns_are_sampled(digits):
+    """sample_earlier: "predict" draws every column at prediction, "never" only the task's own."""
     X0, y0 = task(digits, [0, 1])
     X1, y1 = task(digits, [2, 3])
     a = ProgressivePriorClassifier(module__hidden_sizes=(12, 12), **FAST).fit(X0, y0)
@@ -88,6 +88,17 @@ def test_mc_predictive_samples_earlier_columns(digits):
     assert set(b.predictive_gaussian().groups) == set(b.posteriors_[1].groups)
     np.testing.assert_array_equal(a.predict_proba(X0, task=0), b.predict_proba(X0, task=0))
     assert not np.array_equal(a.predict_proba(X1, task=1), b.predict_proba(X1, task=1))
+    # "train+predict" also draws the frozen column during training: same column 0, another column 1
+    c = clone(a).set_params(sample_earlier="train+predict").fit(X0, y0)
+    c.partial_fit(X1, y1)
+    assert torch.equal(c.network_.columns[0].net[0].weight, a.network_.columns[0].net[0].weight)
+    assert not torch.equal(c.network_.columns[1].net[0].weight, a.network_.columns[1].net[0].weight)
+    assert c.score(X1, y1) > 0.9
+    # the MAP predictive uses every column at its mean
+    mc = a.predict_proba(X1)
+    a.set_params(predictive="map")
+    mp = a.predict_proba(X1)
+    assert not np.array_equal(mc, mp) and (mc.argmax(1) == mp.argmax(1)).mean() > 0.95
 
 
 def test_fit_is_one_task_and_equals_partial_fit(digits):
@@ -179,8 +190,9 @@ def test_lateral_priors_are_earlier_layer_posteriors(three_tasks):
             assert err == pytest.approx(prior.metadata["nkp_error"][f"laterals.{k}.{j}.0"], rel=1e-6, abs=1e-9)
             assert err < 0.5
             # and nearest: no other multiple of it is closer
+            best = float(torch.linalg.norm(dense_lat - dense_post))
             for f in (0.9, 1.1):
-                assert float(torch.linalg.norm(f * dense_lat - dense_post)) > float(torch.linalg.norm(dense_lat - dense_post))
+                assert float(torch.linalg.norm(f * dense_lat - dense_post)) > best
             assert prior.metadata["lateral_origin"][f"laterals.{k}.{j}.0"] == f"columns.{j}.net.2"
 
 
@@ -223,6 +235,33 @@ def test_conv_columns_with_conv_laterals(digits):
     assert isinstance(clf.network_.laterals[1][0][0], nn.Conv2d)
     assert "laterals.1.0.0" in clf.posteriors_[1].groups
     np.testing.assert_array_equal(clf.predict_proba(X[:50], task=0), before)
+    assert clf.score(*task(digits, [2, 3])) > 0.9
+
+
+class NormNet(nn.Module):
+    """Linear - LayerNorm - ReLU - Linear - BatchNorm - ReLU - Linear: parameters outside Linear/Conv2d."""
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_features, 8), nn.LayerNorm(8), nn.ReLU(),
+                                  nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.out = nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.out(self.body(x))
+
+
+def test_normalization_layers_are_column_parameters(digits):
+    X, y = digits
+    clf = ProgressivePriorClassifier(NormNet, **FAST).fit(*task(digits, [0, 1]))
+    before = clf.predict_proba(X[:40], task=0)
+    running = clf.network_.columns[0].body[4].running_mean.clone()
+    clf.partial_fit(*task(digits, [2, 3]))
+    assert clf.lateral_layers_ == ("body.3",) and clf.head_ == "out"
+    groups = clf.posteriors_[1].groups
+    assert {"columns.1.body.1.weight", "columns.1.body.4.bias", "laterals.1.0.0"} <= set(groups)
+    assert torch.equal(clf.network_.columns[0].body[4].running_mean, running)  # frozen column: eval mode
+    np.testing.assert_array_equal(clf.predict_proba(X[:40], task=0), before)
     assert clf.score(*task(digits, [2, 3])) > 0.9
 
 

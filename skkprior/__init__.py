@@ -13,6 +13,7 @@ from .gaussian import LayerwiseGaussian
 from .kron import Kron, KronDecomposed, KronSum
 from .laplace import KroneckerPosterior, KroneckerPrior, isotropic_prior, learn_prior, posterior
 from .networks import MLP
+from .progressive import ProgressivePriorClassifier
 
 __version__ = "0.1.0.dev0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "LayerwiseGaussian",
     "MLP",
     "PACBayesBoundEstimator",
+    "ProgressivePriorClassifier",
     "__version__",
     "certify",
     "isotropic_prior",

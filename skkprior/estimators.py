@@ -574,6 +574,10 @@ class KroneckerPriorClassifier(_BaseKronecker):
     def partial_fit(self, X: Any, y: Any, classes: Any = None) -> "KroneckerPriorClassifier":
         """Learn one more *task* (not one epoch): the current posterior becomes the prior.
 
+        The next prior is the previous task's Laplace posterior at the given ``prior_scale``,
+        ``likelihood_scale`` and ``temperature`` (compressed to one Kronecker product per layer),
+        not at the scales tuned for prediction by ``scaling``.
+
         Parameters
         ----------
         X : array-like
@@ -613,7 +617,11 @@ class KroneckerPriorClassifier(_BaseKronecker):
                                                "Omit classes after the first call."))
             y_enc = self._encode_new(y)
             module = self.module_
-            prior = self.posterior_.as_prior().match(module)
+            # The next prior is the Bayesian posterior at the *given* scales, not at the scales
+            # tuned for prediction: a cold, sharpened predictive posterior (e.g. tau = 0.01,
+            # alpha = 1000 from the validation grid) folded into a prior would pin the network.
+            prior = self.posterior_.with_scales(self.prior_scale, self.likelihood_scale,
+                                                self.temperature).as_prior().match(module)
         self._fit_task(module, prior, X, y_enc)
         return self
 

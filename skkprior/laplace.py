@@ -22,6 +22,7 @@ inform them under K-FAC; this is stated, not hidden).
 from __future__ import annotations
 
 import hashlib
+import math
 import logging
 from typing import Any, Literal, Mapping
 
@@ -36,6 +37,7 @@ from .kron import Kron, KronDecomposed, KronSum
 __all__ = [
     "KroneckerPosterior",
     "KroneckerPrior",
+    "damped_kron",
     "isotropic_prior",
     "learn_prior",
     "posterior",
@@ -310,18 +312,69 @@ def isotropic_prior(model: nn.Module, *, weight_decay: float = 1e-4, zero_mean: 
     return KroneckerPrior(gauss.groups.values(), meta)
 
 
+def damped_kron(F: Kron, scale: float, damping: float) -> Kron:
+    r"""One Kronecker product ``>= scale * F + damping * I`` (factored Tikhonov damping).
+
+    ``(sqrt(s) G + pi sqrt(d) I) (x) (sqrt(s) A + sqrt(d) / pi I)`` with
+    ``pi = sqrt((tr G / n) / (tr A / m))`` (Martens & Grosse, 2015): its expansion is
+    ``s F + d I`` plus two positive semidefinite cross terms, so every eigenvalue is at least
+    ``d``. ``pi`` balances the two cross terms; a zero factor gets ``pi = 1``.
+
+    Parameters
+    ----------
+    F : Kron
+        Positive semidefinite factors ``G`` (n x n) and ``A`` (m x m).
+    scale, damping : float
+        ``s >= 0`` and ``d > 0``.
+
+    Returns
+    -------
+    Kron
+
+    Examples
+    --------
+    >>> import torch
+    >>> F = Kron(torch.diag(torch.tensor([4.0, 0.0], dtype=torch.float64)), torch.eye(3, dtype=torch.float64))
+    >>> P = damped_kron(F, 1.0, 0.5)
+    >>> bool(torch.linalg.eigvalsh(P.to_dense() - F.to_dense()).min() >= 0.5 - 1e-12)
+    True
+    """
+    if not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(error_message("scale", "a finite number >= 0", scale))
+    d = check_positive(damping, "damping")
+    n, m = F.G.shape[0], F.A.shape[0]
+    tr_g, tr_a = float(torch.trace(F.G)) / n, float(torch.trace(F.A)) / m
+    pi = math.sqrt(tr_g / tr_a) if tr_g > 0 and tr_a > 0 else 1.0
+    root_s, root_d = math.sqrt(scale), math.sqrt(d)
+    eye_n = torch.eye(n, dtype=F.G.dtype, device=F.G.device)
+    eye_m = torch.eye(m, dtype=F.A.dtype, device=F.A.device)
+    return Kron(root_s * F.G + pi * root_d * eye_n, root_s * F.A + (root_d / pi) * eye_m)
+
+
+def _relative_frobenius_error(total: KronSum, approx: Kron) -> float:
+    """``||total - approx||_F / ||total||_F`` from Kronecker inner products (no dense matrix)."""
+    terms = list(total.terms) + [approx]
+    weights = [float(w) for w in total.weights] + [-1.0]
+    gram = [[float(a.inner(b)) for b in terms] for a in terms]
+    k = len(total.terms)
+    diff = sum(weights[i] * weights[j] * gram[i][j] for i in range(k + 1) for j in range(k + 1))
+    ref = sum(weights[i] * weights[j] * gram[i][j] for i in range(k) for j in range(k))
+    return math.sqrt(max(diff, 0.0) / ref) if ref > 0 else 0.0
+
+
 def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["kronecker", "isotropic"] = "kronecker",
                 fisher: Literal["mc", "exact", "empirical"] = "mc", weight_decay: float = 1e-4,
                 prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
-                head: str | None = None, curvature: Any = None, nkp_method: Literal["gram", "power"] = "gram",
+                head: str | None = None, curvature: Any = None,
+                compression: Literal["nearest", "damped"] = "nearest", nkp_method: Literal["gram", "power"] = "gram",
                 batch_size: int = 256, device: Any = None, generator: torch.Generator | None = None,
                 progress: bool | None = None) -> KroneckerPrior:
     r"""Learn a prior from a (pretrained) network and its source data.
 
     At the network's weights ``theta_s`` compute the K-FAC curvature ``F_s`` of the source
     data; the prior is ``N(theta_s, tau_0 P_0^-1)`` with
-    ``P_0 = beta_0 F_s + alpha_0 delta I`` compressed to the nearest Kronecker product per
-    layer (relative error in ``metadata["nkp_error"]``). Parameters outside Linear/Conv2d get
+    ``P_0 = beta_0 F_s + alpha_0 delta I`` compressed to one Kronecker product per layer
+    (``compression``; relative Frobenius error in ``metadata["nkp_error"]``). Parameters outside Linear/Conv2d get
     ``N(theta_s, (alpha_0 delta)^-1 I)``; the ``head`` layer, when named, gets
     ``N(0, delta^-1 I)``.
 
@@ -347,8 +400,21 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         :meth:`KroneckerPrior.match` lets its shape change.
     curvature : Curvature, optional
         A precomputed source curvature (skips the pass).
+    compression : {"nearest", "damped"}, default="nearest"
+        How ``beta_0 (G (x) A) + c I`` (``c = alpha_0 delta``) becomes one Kronecker product.
+        ``"nearest"`` (the paper's): the Frobenius-nearest Kronecker product (METHOD.md
+        section 3). It keeps the large curvature eigenvalues but can lose the floor ``c``
+        (pretrained MNIST CNN, ``delta = 1e-2``: smallest eigenvalue 7e-7 in the first dense
+        layer), so the prior is far broader than ``N(theta_s, delta^-1 I)`` in most
+        directions. ``"damped"``: the factored Tikhonov damping of Martens & Grosse (2015),
+        :func:`damped_kron`; it is ``>= beta_0 F_s + c I`` in the positive semidefinite
+        order, but its cross terms make it tighter than the exact sum. Measured: the broad
+        ``"nearest"`` prior is better for MAP training on few data (progressive columns,
+        split digits at 5 per class: later-task accuracy 0.90 against 0.74), the floored
+        ``"damped"`` prior for the Monte-Carlo predictive of a Laplace posterior built on it
+        (10-shot Animal-MNIST CNN: accuracy 0.52 against 0.16).
     nkp_method : {"gram", "power"}, default="gram"
-        How the two-term precision is compressed.
+        The algorithm of ``compression="nearest"``.
     batch_size, device, generator, progress
         Passed to the curvature pass.
 
@@ -362,6 +428,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     tau0 = check_positive(temperature, "temperature")
     if kind not in ("kronecker", "isotropic"):
         raise ValueError(error_message("kind", "'kronecker' or 'isotropic'", kind))
+    if compression not in ("damped", "nearest"):
+        raise ValueError(error_message("compression", "'damped' or 'nearest'", compression))
     layers = kronecker_layers(model)
     if not layers:
         raise ValueError(error_message("model", "a network with at least one nn.Linear or nn.Conv2d layer",
@@ -393,8 +461,12 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         F = _symmetrized(factors[name].to(torch.float64))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
-        prec = total.nearest(method=nkp_method)
-        errors[name] = float(total.nearest_error())
+        if compression == "nearest":
+            prec = total.nearest(method=nkp_method)
+            errors[name] = float(total.nearest_error())
+        else:
+            prec = damped_kron(F, beta0, alpha0 * wd)
+            errors[name] = _relative_frobenius_error(total, prec)
         mean = layer_matrix(params[layer.weight_name].detach(),
                             params[layer.bias_name].detach() if layer.bias_name else None).to(torch.float64)
         groups.append(GaussianGroup(name, layer.parameter_names, shapes, layer, mean.to(F.device), prec, tau0))
@@ -406,7 +478,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         logger.info("learn_prior: worst relative NKP error %.3g", max(errors.values()))
     meta = {**base_meta, "kind": "kronecker", "n_source": int(curvature.n_samples),
             "source_nll": None if curvature.nll_sum is None else float(curvature.nll_sum),
-            "fisher": fisher, "nkp_error": errors}
+            "fisher": fisher, "compression": compression, "nkp_error": errors}
     return KroneckerPrior(_model_order(groups, model), meta)
 
 

@@ -5,6 +5,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests are deterministic by default, so a CI run is reproducible; set
+# HYPOTHESIS_PROFILE=explore to search new random examples locally.
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", max_examples=300, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -247,6 +247,21 @@ def test_pac_bayes_prior_grid_pays_union_bound(iris):
     assert est.prior_scale_ in (0.5, 1.0, 2.0)
 
 
+def test_pac_bayes_falls_back_to_the_laplace_posterior_when_tuning_is_vacuous(iris, monkeypatch):
+    """The Taylor-tuned scales compete with alpha = beta = tau = 1 by the measured bound."""
+    import skkprior.estimators as estimators
+    from types import SimpleNamespace
+
+    def vacuous(post, **kwargs):  # a posterior 1e6 times sharper than the Laplace one: KL in the millions
+        return SimpleNamespace(posterior=post.with_scales(likelihood_scale=1e6))
+
+    monkeypatch.setattr(estimators, "tune_pac_bayes", vacuous)
+    est = PACBayesBoundEstimator(**FAST).fit(*iris)
+    assert all(float(v) == 1.0 for v in est.posterior_.likelihood_scale.values())
+    assert all(float(v) == 1.0 for v in est.posterior_.prior_scale.values())
+    assert est.bound_ < 1.0
+
+
 @pytest.mark.parametrize("objective", ["mcallester", "map"])
 def test_pac_bayes_objectives(iris, objective):
     X, y = iris

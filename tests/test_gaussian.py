@@ -366,3 +366,55 @@ def test_isotropic_prior_kinds(net):
     torch.testing.assert_close(P, 0.1 * torch.eye(P.shape[0], dtype=DT))
     with pytest.raises(ValueError, match="weight_decay"):
         isotropic_prior(net, weight_decay=0.0)
+
+
+# -- compression of the learned prior's two-term precision -----------------------------------------
+@pytest.mark.parametrize("scale,damping", [(1.0, 0.5), (3.0, 1e-3), (0.0, 2.0)])
+def test_damped_kron_keeps_the_floor_against_dense(scale, damping):
+    from skkprior.laplace import damped_kron
+
+    gen = torch.Generator().manual_seed(5)
+    low = torch.randn(4, 2, generator=gen, dtype=DT)
+    F = Kron(low @ low.T, spd(3, gen, cond=1e6))  # G rank 2 of 4: directions without curvature
+    P = damped_kron(F, scale, damping)
+    exact = scale * F.to_dense() + damping * torch.eye(12, dtype=DT)
+    # P - (s F + d I) is the sum of two PSD cross terms
+    assert float(torch.linalg.eigvalsh(P.to_dense() - exact).min()) >= -1e-10 * float(exact.norm())
+    assert float(torch.linalg.eigvalsh(P.to_dense()).min()) >= damping * (1 - 1e-10)
+    # the expansion, written out
+    n, m = 4, 3
+    tr_g, tr_a = float(torch.trace(F.G)) / n, float(torch.trace(F.A)) / m
+    pi = math.sqrt(tr_g / tr_a)
+    cross = math.sqrt(scale * damping) * (torch.kron(F.G / pi, torch.eye(m, dtype=DT))
+                                          + torch.kron(torch.eye(n, dtype=DT), pi * F.A))
+    torch.testing.assert_close(P.to_dense(), exact + cross, rtol=1e-12, atol=1e-12 * float(exact.norm()))
+    with pytest.raises(ValueError, match="damping"):
+        damped_kron(F, scale, 0.0)
+
+
+def test_learn_prior_compressions_against_dense(net):
+    from types import SimpleNamespace
+
+    from skkprior._layers import kronecker_layers
+    from skkprior.laplace import learn_prior
+
+    gen = torch.Generator().manual_seed(9)
+    factors = {}
+    for name, layer in kronecker_layers(net).items():
+        low = torch.randn(layer.n, 1, generator=gen, dtype=DT)  # rank-1 G: a floor matters
+        factors[name] = Kron(low @ low.T, spd(layer.m, gen, cond=1e3))
+    curv = SimpleNamespace(factors=factors, n_samples=50, nll_sum=10.0)
+    wd = 0.3
+    for compression in ("nearest", "damped"):
+        prior = learn_prior(net, None, curvature=curv, weight_decay=wd, compression=compression)
+        assert prior.metadata["compression"] == compression
+        groups = {g.name: g for g in prior}
+        for name, F in factors.items():
+            P = groups[name].precision.to_dense()
+            exact = F.to_dense() + wd * torch.eye(P.shape[0], dtype=DT)
+            err = float(torch.linalg.norm(P - exact) / torch.linalg.norm(exact))
+            assert prior.metadata["nkp_error"][name] == pytest.approx(err, rel=1e-6, abs=1e-9)
+            if compression == "damped":
+                assert float(torch.linalg.eigvalsh(P - exact).min()) >= -1e-10 * float(exact.norm())
+    with pytest.raises(ValueError, match="compression"):
+        learn_prior(net, None, curvature=curv, compression="exact")

@@ -52,6 +52,24 @@ def test_fast_objective_equals_general_route(problem, bound):
         torch.testing.assert_close(parts["trace_term"], q.trace_term(curv), rtol=1e-10, atol=1e-12)
 
 
+def test_shared_scales_fused_path_equals_per_layer_loop(problem):
+    """Shared scales take one flat tensor over all layers; the same values as per-group dicts
+    take the per-layer loop: value and gradient agree."""
+    net, prior, curv, post = problem
+    obj = PACBayesObjective(post, nll_sum=curv.nll_sum, n=curv.n_samples, bound="catoni")
+    assert obj._fused["dd"].numel() == sum(c["dd"].numel() for c in obj.layers.values())
+    for a, b, t in [(0.0, 0.0, 0.0), (0.8, -1.3, -3.0)]:
+        shared = {k: v.clone().requires_grad_(True) for k, v in logs(a, b, t).items()}
+        per = {k: {name: v for name in post.groups} for k, v in
+               {k: v.clone().requires_grad_(True) for k, v in logs(a, b, t).items()}.items()}
+        fused, loop = obj(shared, torch.tensor(0.3, dtype=DT)), obj(per, torch.tensor(0.3, dtype=DT))
+        torch.testing.assert_close(fused, loop, rtol=1e-12, atol=1e-14)
+        fused.backward(), loop.backward()
+        leaves = {k: next(iter(d.values())) for k, d in per.items()}
+        for k in SCALE_NAMES:
+            torch.testing.assert_close(shared[k].grad, leaves[k].grad, rtol=1e-10, atol=1e-12)
+
+
 def test_per_layer_scales_in_objective(problem):
     net, prior, curv, post = problem
     obj = PACBayesObjective(post, nll_sum=curv.nll_sum, n=curv.n_samples, bound="mcallester")

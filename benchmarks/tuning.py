@@ -423,38 +423,6 @@ def synthetic_workload(device: torch.device, *, scale: int, seed: int, weight_de
 
 
 # -- one workload -------------------------------------------------------------------------------------------
-class FusedObjective:
-    """Prototype of a suggested change to ``PACBayesObjective`` (shared scales only; not the headline).
-
-    With shared scales the objective needs only three sums over *all* layers' eigenvalue grids,
-    ``sum log(beta dd + alpha)``, ``sum 1 / (beta dd + alpha)`` and ``sum dd / (beta dd + alpha)``,
-    so the grids can be concatenated once and a step costs a handful of kernels whatever the
-    number of layers (``PACBayesObjective`` loops over layers: about ten small ops per layer and
-    pass, which dominates its step time for many small layers).
-    """
-
-    def __init__(self, exact: PACBayesObjective) -> None:
-        self.exact = exact
-        self.dd = torch.cat([c["dd"].reshape(-1) for c in exact.layers.values()])
-        self.maha = sum(float(c["maha"]) for c in exact.layers.values())
-        self.dim = sum(int(c["dim"]) for c in exact.layers.values())
-        self.flat = list(exact.flat.values())
-
-    def __call__(self, logs: dict[str, torch.Tensor], log_C: torch.Tensor | None = None) -> torch.Tensor:
-        la, lb, lt = logs["prior_scale"], logs["likelihood_scale"], logs["temperature"]
-        lam = lb.exp() * self.dd + la.exp()
-        inv = lam.reciprocal()
-        tau = lt.exp()
-        kl = 0.5 * (tau * inv.sum() + self.maha - self.dim + torch.log(lam).sum() - self.dim * lt)
-        for c in self.flat:
-            kl = kl + 0.5 * (c["dim"] * torch.exp(lt - la) + c["maha"] - c["dim"] + c["dim"] * (la - lt))
-        trace_term = tau * (self.dd * inv).sum()
-        risk = (self.exact.nll_sum + 0.5 * trace_term) / (self.exact.n * LN2)
-        if self.exact.bound == "catoni" and log_C is None:
-            log_C = torch.zeros((), dtype=DT, device=self.dd.device)
-        return _bound_from_risk(risk, kl, self.exact.n, self.exact.delta, self.exact.bound, log_C)
-
-
 def _warm_up(device: torch.device) -> None:
     """First-call costs of the linear-algebra kernels (cuSOLVER handles etc.), outside the timings."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -529,12 +497,6 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
         res["ours_scales"] = {"alpha": ours.prior_scale[first], "beta": ours.likelihood_scale[first],
                               "tau": ours.temperature[first], "C": ours.C}
         exact = PACBayesObjective(post, nll_sum=nll_sum, n=n, bound=bound)
-        # prototype of a fused objective (suggested change), same Adam loop as the paper's route
-        fused = FusedObjective(exact)
-        adam_run(fused, start, bound=bound, steps=3, lr=lr, device=device)
-        proto = adam_run(fused, start, bound=bound, steps=steps, lr=lr, device=device)
-        res["fused_step_s"] = sum(proto["step_times"]) / proto["steps"]
-        res["fused_objective"] = proto["best_value"]
 
         paper_b = copy.copy(paper)
         paper_b.bound = bound
@@ -576,7 +538,6 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
         res["ratio_total"] = row["paper_total_s"] / (res["ours_step_s"] * steps)
         res["ratio_end_to_end"] = ((row["paper_setup_s"] + row["paper_total_s"])
                                    / (row["ours_decompose_s"] + res["ours_step_s"] * steps))
-        res["ratio_step_fused"] = row["paper_step_s"] / res["fused_step_s"]
         tol = 1e-9 * max(1.0, abs(res["paper_objective_exact"]))
         res["ours_equal_or_lower"] = res["ours_objective"] <= res["paper_objective_exact"] + tol
         res["ours_equal_or_lower_than_paper_nkp"] = res["ours_objective"] <= res["paper_objective_nkp"] + tol
@@ -625,7 +586,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| workload | bound | layers / params / largest factor | ours: decompose | ours: per step | "
             "paper: per step | ratio per step | ours: 500 steps | paper: 500 steps | ratio 500 steps | "
             "ratio incl. decompose | objective start (exact / paper's NKP) | ours | paper, exact at its scales | "
-            "paper, its NKP objective | ours <= paper | NKP error max / median | fused prototype: per step (ratio) |")
+            "paper, its NKP objective | ours <= paper | NKP error max / median |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in rows:
         star = f"*{r['paper_measured_steps']}" if r["paper_extrapolated"] else ""
@@ -639,8 +600,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt_s(r['paper_total_s'])}{star} | {_fmt_r(o['ratio_total'])} | {_fmt_r(o['ratio_end_to_end'])} | "
                 f"{o['objective_start_exact']:.6g} / {o['paper_objective_start_nkp']:.6g} | {o['ours_objective']:.6g} | "
                 f"{o['paper_objective_exact']:.6g} | {o['paper_objective_nkp']:.6g} | {ok} | "
-                f"{o['nkp_error_max']:.2g} / {o['nkp_error_median']:.2g} | "
-                f"{_fmt_s(o['fused_step_s'])} ({_fmt_r(o['ratio_step_fused'])}) |")
+                f"{o['nkp_error_max']:.2g} / {o['nkp_error_median']:.2g} |")
     return "\n".join(lines)
 
 
@@ -651,7 +611,7 @@ def markdown(runs: dict[str, Any]) -> str:
            "Cholesky of both factors, Kronecker closed forms, autograd) on the same curvature, prior and "
            "start (`alpha = beta = tau = 1`, `C = 1`), Adam lr 0.5, 500 steps, shared scales, float64.", "",
            "- Per-step times: ours = `tune_pac_bayes(..., tol=0)` time over its step count (a step is a "
-           "forward, a backward and one more forward for the history; it stops before 500 steps only "
+           "forward and a backward of the objective, fused over all layers for shared scales; it stops before 500 steps only "
            "when the objective is exactly constant over 20 steps, e.g. a saturated Catoni bound); "
            "'500 steps' columns are per-step times x 500. 'decompose' is the one-time construction of the "
            "posterior (joint eigenbases), which the paper's route does not need; 'ratio incl. decompose' "
@@ -666,9 +626,7 @@ def markdown(runs: dict[str, Any]) -> str:
            "posterior family, the NKP'd precision). 'NKP error': relative Frobenius error of the NKP of "
            "`beta F + alpha P` per layer at the paper's scales. A Catoni value of 1 is a vacuous, "
            "saturated bound (C grows without limit), where the comparison says nothing.",
-           "- 'fused prototype' is not the library: the same objective with all layers' eigenvalue grids "
-           "concatenated (possible for shared scales), in the paper route's Adam loop (forward + backward "
-           "per step). It measures a suggested change to `PACBayesObjective`.", ""]
+           ""]
     for key, run in runs.items():
         info = run["machine"]
         out += [f"## {key}", "",
@@ -683,8 +641,7 @@ def markdown(runs: dict[str, Any]) -> str:
                 extra = (f"; replay check (largest relative objective difference over the faithful steps): "
                          f"{o['replay_check']:.2g}" if o["replay_check"] is not None else "")
                 out.append(f"  - {bound}: ours with the shipped stopping rule: {o['ours_default_steps']} steps, "
-                           f"{_fmt_s(o['ours_default_s'])}, objective {o['ours_default_objective']:.6g}; fused "
-                           f"prototype objective {o['fused_objective']:.6g}. Scales ours: "
+                           f"{_fmt_s(o['ours_default_s'])}, objective {o['ours_default_objective']:.6g}. Scales ours: "
                            + ", ".join(f"{k}={v:.4g}" for k, v in o["ours_scales"].items() if v is not None)
                            + "; paper: " + ", ".join(f"{k}={v:.4g}" for k, v in o["paper_scales"].items() if v is not None)
                            + f". Paper's final iterate: NKP objective {o['paper_objective_nkp_final']:.6g}, exact "

@@ -109,16 +109,6 @@ def test_paper_objective_gradients():
     assert torch.autograd.gradcheck(f, args)
 
 
-@pytest.mark.parametrize("bound", ["catoni", "mcallester"])
-def test_fused_prototype_equals_ours(bound):
-    post = _problem()
-    ours = PACBayesObjective(post, nll_sum=40.0, n=100, bound=bound)
-    fused = bt.FusedObjective(ours)
-    for s in SCALES:
-        logs, log_C = _logs(*s)
-        torch.testing.assert_close(fused(logs, log_C), ours(logs, log_C), rtol=1e-10, atol=1e-12)
-
-
 def test_smoke_synthetic_workload():
     torch.set_num_threads(1)
     work = bt.synthetic_workload(torch.device("cpu"), scale=64, seed=0, weight_decay=1e-4)

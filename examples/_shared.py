@@ -44,13 +44,16 @@ def parse_args(description: str, extra: Sequence[tuple[str, dict[str, Any]]] = (
 
 
 def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int | None = None,
-                device: str = "cpu", fisher: str = "mc", cache: bool = True) -> KroneckerPrior:
+                device: str = "cpu", fisher: str = "mc", compression: str = "nearest",
+                cache: bool = True) -> KroneckerPrior:
     """The prior learned from the pretrained MNIST CNN on the MNIST training split (cached).
 
     The head ``classifier.2`` gets the zero-mean isotropic prior, so targets with another
-    number of classes can use it. Cached in ``<data home>/priors``.
+    number of classes can use it. ``compression`` is :func:`skkprior.learn_prior`'s
+    (``"nearest"`` or ``"damped"``). Cached in ``<data home>/priors``.
     """
-    tag = f"mnist_{kind}_wd{weight_decay:g}_n{n_source or 'all'}_{fisher}.pt"
+    tag = f"mnist_{kind}_wd{weight_decay:g}_n{n_source or 'all'}_{fisher}"
+    tag += ".pt" if kind == "isotropic" else f"_{compression}.pt"
     folder = data_home() / "priors"
     path = folder / tag
     if cache and path.exists():
@@ -61,7 +64,7 @@ def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int |
     net = pretrained_mnist_cnn().to(device)
     start = time.perf_counter()
     prior = learn_prior(net, torch.from_numpy(X), torch.from_numpy(y), kind=kind, fisher=fisher,
-                        weight_decay=weight_decay, head="classifier.2", device=device,
+                        compression=compression, weight_decay=weight_decay, head="classifier.2", device=device,
                         generator=torch.Generator(device=device).manual_seed(0), progress=False)
     logging.getLogger("examples").info("learned %s prior in %.1f s", kind, time.perf_counter() - start)
     if cache:

@@ -694,8 +694,9 @@ class KronSum:
         )
 
 
-def _joint_eig(first: torch.Tensor, second: torch.Tensor,
-               name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str,
+               first_eigh: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Joint eigenbasis: ``T^T first T = diag(D)``, ``T^T second T = I``; returns ``T, T^-1, D, logdet(second)``.
 
     ``second`` must be positive definite. When it is the identity, ``T`` is the orthonormal
@@ -717,6 +718,10 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor,
     noise of ``eigh`` (the zero eigenvalues of a rank-deficient curvature come out as +-1e-16
     relative), and a negative one multiplied by the other factor's largest eigenvalue could make
     ``beta D_G D_A^T + alpha`` spuriously negative.
+
+    ``first_eigh``, the eigendecomposition ``(f, V)`` of a positive semi-definite ``first``
+    (``f >= 0``), saves one ``eigh``: it is the eigenbasis when ``second`` is a multiple of the
+    identity (then no eigensolve runs at all) and gives the root ``V diag(f)^(1/2)`` otherwise.
     """
     _check_symmetric(first, f"{name} of the first term")
     _check_symmetric(second, f"{name} of the second term")
@@ -724,9 +729,15 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor,
     second = second.to(torch.float64)
     first = (first + first.mT) / 2
     eye = torch.eye(first.shape[0], dtype=torch.float64, device=first.device)
-    if torch.equal(second, eye):
-        D, U = torch.linalg.eigh(first)
-        return U, U.T.contiguous(), _zero_noise(D), torch.zeros((), dtype=torch.float64, device=first.device)
+    c = float(second[0, 0]) if second.numel() else 1.0
+    if c > 0 and torch.equal(second, c * eye):  # a multiple of the identity: a plain eigenproblem
+        if first_eigh is not None:
+            D, U = (t.to(device=first.device, dtype=torch.float64) for t in first_eigh)
+        else:
+            D, U = torch.linalg.eigh(first)
+        logdet = torch.full((), first.shape[0] * math.log(c), dtype=torch.float64, device=first.device)
+        root_c = math.sqrt(c)
+        return U / root_c, root_c * U.T.contiguous(), _zero_noise(D) / c, logdet
     # The second term must be positive definite on its own (clear error naming it).
     C_second = _cholesky(second, f"{name} of the second term")
     logdet_second = 2.0 * torch.log(torch.diagonal(C_second)).sum()
@@ -734,7 +745,11 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor,
     s = torch.linalg.matrix_norm(second) / norm_first if float(norm_first) > 0 else norm_first
     balanced = s * first + second
     C = _cholesky((balanced + balanced.mT) / 2, f"{name} of the balanced sum of both terms")
-    root = _psd_root(first)
+    if first_eigh is not None:
+        f, V = (t.to(device=first.device, dtype=torch.float64) for t in first_eigh)
+        root = V * f.clamp_min(0).sqrt()
+    else:
+        root = _psd_root(first)
     if root is not None:  # C^-1 first C^-T = Y Y^T: positive semi-definite by construction
         Y = torch.linalg.solve_triangular(C, root, upper=False)
         X = Y @ Y.mT
@@ -856,9 +871,15 @@ class KronDecomposed:
         return self._alpha
 
     @classmethod
-    def from_terms(cls, first: Kron, second: Kron, *, beta: _Weight = 1.0,
-                   alpha: _Weight = 1.0) -> "KronDecomposed":
+    def from_terms(cls, first: Kron, second: Kron, *, beta: _Weight = 1.0, alpha: _Weight = 1.0,
+                   first_eigh: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                   | None = None) -> "KronDecomposed":
         """Decompose ``beta first + alpha second`` (``second`` positive definite).
+
+        ``first_eigh``: optional eigendecompositions ``((f_G, V_G), (f_A, V_A))`` of the first
+        term's factors (positive semi-definite, ``f >= 0``), when the caller has them already
+        (e.g. from projecting a curvature onto the PSD cone); each saves one ``eigh`` of the
+        factor size.
 
         Examples
         --------
@@ -872,8 +893,14 @@ class KronDecomposed:
                 raise TypeError(error_message(f"the {what} term of KronDecomposed.from_terms", "a Kron",
                                               type(term).__name__, "Build it with Kron(G, A)."))
         _check_same_shape(first, second, "the two terms of KronDecomposed.from_terms")
-        T_G, T_G_inv, D_G, ld_g = _joint_eig(first.G, second.G, "G")
-        T_A, T_A_inv, D_A, ld_a = _joint_eig(first.A, second.A, "A")
+        eigh_g, eigh_a = first_eigh if first_eigh is not None else (None, None)
+        for spectrum, what in ((eigh_g, "G"), (eigh_a, "A")):
+            if spectrum is not None and bool((spectrum[0] < 0).any()):
+                raise ValueError(error_message(f"first_eigh of factor {what}", "non-negative eigenvalues",
+                                               f"smallest {float(spectrum[0].min()):.3g}",
+                                               "Pass the spectra of positive semi-definite factors only."))
+        T_G, T_G_inv, D_G, ld_g = _joint_eig(first.G, second.G, "G", eigh_g)
+        T_A, T_A_inv, D_A, ld_a = _joint_eig(first.A, second.A, "A", eigh_a)
         out = cls(T_G, T_G_inv, D_G, T_A, T_A_inv, D_A, beta=beta, alpha=alpha,
                   logdet_second=first.m * ld_g + first.n * ld_a)
         out._check_positive()

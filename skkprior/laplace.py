@@ -263,18 +263,19 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
     return out
 
 
-def _psd_factor(M: torch.Tensor) -> torch.Tensor:
+def _psd_factor(M: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The projected factor and its eigendecomposition ``(f, V)`` (``f >= 0``)."""
     f, V = torch.linalg.eigh((M + M.mT) / 2)
     tol = max(M.shape[0], 1) * torch.finfo(torch.float32).eps * float(f.abs().max())
     if float(f.min()) < -tol:
         raise ValueError(error_message("a curvature factor", "positive semi-definite",
                                        f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g})",
                                        "The curvature is broken; recompute it (check for non-finite data)."))
-    f = torch.where(f.abs() <= tol, torch.zeros_like(f), f)
-    return (V * f) @ V.mT
+    f = torch.where(f <= tol, torch.zeros_like(f), f)
+    return (V * f) @ V.mT, (f, V)
 
 
-def _symmetrized(F: Kron) -> Kron:
+def _symmetrized(F: Kron) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
     """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
 
     K-FAC factors are positive semi-definite by construction, but they are accumulated from
@@ -282,9 +283,12 @@ def _symmetrized(F: Kron) -> Kron:
     the softmax's null direction in a head's output factor) come out as +-1e-7 relative.
     Eigenvalues at that level (``size * eps_float32 * max``) are set to exactly zero: a
     projection of rounding noise onto the cone the factor belongs to, not damping. A negative
-    eigenvalue beyond it raises.
+    eigenvalue beyond it raises. Returns the factors and their eigendecompositions (for
+    :meth:`KronDecomposed.from_terms`, which then needs one ``eigh`` fewer per factor).
     """
-    return Kron(_psd_factor(F.G.to(torch.float64)), _psd_factor(F.A.to(torch.float64)))
+    G, eigh_g = _psd_factor(F.G.to(torch.float64))
+    A, eigh_a = _psd_factor(F.A.to(torch.float64))
+    return Kron(G, A), (eigh_g, eigh_a)
 
 
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
@@ -458,7 +462,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
-        F = _symmetrized(factors[name].to(torch.float64))
+        F, _ = _symmetrized(factors[name].to(torch.float64))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         if compression == "nearest":
@@ -543,8 +547,8 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
                                                "Compress the prior with as_prior() first."))
             # The prior's temperature is folded into its precision for the posterior's terms.
             P_eff = P * (1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
-            F = _symmetrized(F.to(device=P.device, dtype=torch.float64))
-            prec = KronDecomposed.from_terms(F, P_eff, beta=1.0, alpha=1.0)
+            F, spectra = _symmetrized(F.to(device=P.device, dtype=torch.float64))
+            prec = KronDecomposed.from_terms(F, P_eff, beta=1.0, alpha=1.0, first_eigh=spectra)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
                                         prec, 1.0, (F, P_eff)))
         else:

@@ -632,3 +632,28 @@ def test_decompose_errors():
         D.sample_map(torch.zeros(2, 3, dtype=D64))
     with pytest.raises(TypeError, match=r"the first term of KronDecomposed.from_terms must be a Kron"):
         KronDecomposed.from_terms(F.to_dense(), P)
+
+
+# -- decompositions with precomputed spectra and scalar second terms --------------------------------
+@pytest.mark.parametrize("second_kind", ["general", "scalar", "identity"])
+def test_from_terms_with_precomputed_spectra_against_dense(second_kind):
+    g = torch.Generator().manual_seed(21)
+    low = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    F = Kron(low @ low.T, random_spd(4, generator=g, cond=1e8))  # rank-deficient G, ill-conditioned A
+    if second_kind == "general":
+        P = Kron(random_spd(5, generator=g, cond=1e3), random_spd(4, generator=g))
+    elif second_kind == "scalar":
+        P = Kron(0.37 * torch.eye(5, dtype=torch.float64), 2.5 * torch.eye(4, dtype=torch.float64))
+    else:
+        P = Kron.identity(5, 4)
+    spectra = tuple(torch.linalg.eigh(M) for M in (F.G, F.A))
+    spectra = tuple((f.clamp_min(0), V) for f, V in spectra)
+    plain = KronDecomposed.from_terms(F, P, beta=2.0, alpha=0.3)
+    fast = KronDecomposed.from_terms(F, P, beta=2.0, alpha=0.3, first_eigh=spectra)
+    dense = 2.0 * F.to_dense() + 0.3 * P.to_dense()
+    scale = float(dense.norm())
+    for S in (plain, fast):
+        assert_close_dense(S.to_dense(), dense, rtol=1e-9, atol=1e-11 * scale)
+        torch.testing.assert_close(S.logdet(), torch.linalg.slogdet(dense)[1], rtol=1e-10, atol=1e-9)
+    with pytest.raises(ValueError, match="non-negative"):
+        KronDecomposed.from_terms(F, P, first_eigh=((-torch.ones(5, dtype=torch.float64), torch.eye(5)), spectra[1]))

@@ -15,10 +15,11 @@ maximum predictive probability).
 
 How the posterior's scales are chosen (never on test or OOD data)
 -----------------------------------------------------------------
-``(alpha, tau)`` come from a fixed grid, scored on a validation part of the MNIST *training*
+``(alpha, tau)`` come from a fixed grid (``alpha * delta`` in 0.1, 1, 10, 100 with
+``delta = 1e-4``, ``tau`` in 0.1, 0.01, 0.001; ``beta = 1``), scored on a validation part of the MNIST *training*
 split that the curvature never saw. The pretrained CNN was almost certainly trained on these
 very digits (it gets 99.85 % of all 10,000, 100 % of the held-out ones here, with a mean NLL
-below 1e-4), so "held-out" MNIST is not really held out: the validation NLL always prefers
+of 1e-3 or less), so "held-out" MNIST is not really held out: the validation NLL always prefers
 the sharpest posterior, i.e. the MAP itself, and a plain NLL search only ends at the edge of
 the grid (its choice is shown in the "val-NLL" row). The rule used for the main rows is
 fixed in advance and uses MNIST validation data only: among the grid points whose
@@ -31,18 +32,65 @@ Run
 ---
 ``python examples/bayesian_pretrained_cnn.py --device cuda`` (full: curvature on 7,000
 digits, 1,000 validation digits, 2,000 MNIST / 10,000 Fashion-MNIST / 2,000 Animal-MNIST
-test images, 100 posterior samples); ``--quick`` is the scaled-down CPU run the tests use.
+test images, 100 posterior samples; writes ``examples/results/bayesian_pretrained_cnn.*``;
+**not measured yet**). ``--quick`` is the scaled-down CPU run below. The test
+(``tests/test_examples_transfer.py``) calls ``run(args, **TEST)``: curvature on 500 digits,
+100 validation digits, 150 images per test set, 4 / 5 posterior samples, and only the MAP and
+the posterior's MC predictive.
 
 Measured
 --------
-Quick mode on a 2-core CPU (curvature on 1,000 digits, 200 validation digits, 300 test
-images per set, 20 samples), ``examples/results/bayesian_pretrained_cnn_quick.md``:
+Quick mode on a shared 2-core CPU, one torch thread (curvature on 1,000 digits, 150
+validation digits, 200 images per test set, 10 posterior samples; 118 s, 20 s of it the
+posterior), ``python examples/bayesian_pretrained_cnn.py --quick --device cpu --threads 1``
+(``examples/results/bayesian_pretrained_cnn_quick.md``)::
 
-    (filled in below from the measured run)
+    | method                               | a*d (p) | tau   | acc  | nll      | ece      | AUROC F | AUROC A |
+    | MAP (pretrained CNN)                 |         |       | 1    | 1.9e-08  | 1.9e-08  | 0.9347  | 0.9518  |
+    | posterior, MC                        | 1       | 0.01  | 1    | 0.003267 | 0.002987 | 0.9799  | 0.9804  |
+    | posterior, linearized                | 10      | 0.1   | 1    | 0.001898 | 0.001869 | 0.9892  | 0.9879  |
+    | learned prior (damped NKP), MC       | 1       | 0.01  | 1    | 3.9e-06  | 3.9e-06  | 0.9857  | 0.9796  |
+    | learned prior (nearest NKP), MC      | 1       | 0.01  | 0.99 | 0.1675   | 0.1259   | 0.9688  | 0.961   |
+    | posterior, MC, val-NLL choice        | 100     | 0.001 | 1    | 2.9e-08  | 2.9e-08  | 0.9348  | 0.9519  |
+    | control: isotropic N(MAP, 1/p I), MC | 300     | 1     | 1    | 4.7e-06  | 4.7e-06  | 0.9916  | 0.9814  |
 
-The pretrained network's max-probability AUROC here is higher than the 0.81 / 0.83 quoted
-in DATA.md (that figure was measured with another protocol); the posterior raises it
-further without hurting MNIST accuracy. Full-mode numbers: ``results/bayesian_pretrained_cnn.md``.
+(``a*d`` is ``alpha * delta``, ``p`` the precision of the isotropic control; AUROC F / A
+against Fashion-MNIST / Animal-MNIST.)
+
+Test size (``TEST``; about 28 s, 19 s of it the posterior), three data/sampling seeds
+(``run(args, **TEST, seed=s)``; the test runs seed 0)::
+
+    | seed | MAP acc | MAP AUROC F / A | posterior MC: a*d, tau | acc    | AUROC F / A     |
+    | 0    | 1       | 0.9418 / 0.9470 | 10, 0.1                | 1      | 0.9674 / 0.9620 |
+    | 1    | 0.9933  | 0.9356 / 0.9692 | 10, 0.1                | 0.9933 | 0.9580 / 0.9845 |
+    | 2    | 1       | 0.9343 / 0.9627 | 0.1, 0.001             | 1      | 0.9636 / 0.9779 |
+
+The posterior's AUROC gain over the MAP is 0.022 - 0.029 (Fashion) and 0.015 (Animal) on
+every seed.
+
+What it says, honestly:
+
+- The claim holds: with scales chosen on MNIST validation digits only, the posterior flags
+  Fashion-MNIST and Animal-MNIST images better than the pretrained network (max-probability
+  AUROC 0.935 -> 0.980 / 0.989 and 0.952 -> 0.980 / 0.988 for the MC / linearized
+  predictive) and keeps its MNIST accuracy. The pretrained network's own AUROC is higher
+  here than the 0.81 / 0.83 quoted in DATA.md (another protocol or other image subsets).
+- A plain validation-NLL search picks the sharpest corner of the grid, i.e. the MAP
+  (row "val-NLL choice"): the digits were seen in training, so they cannot reward
+  uncertainty. Hence the tolerance rule above.
+- The gain does not need the curvature: the control, an isotropic Gaussian around the
+  pretrained weights with its precision chosen by the same rule, does as well (0.992 /
+  0.981). The MC Fisher of this network, which is (almost) always right and confident on its
+  training digits, comes from the few digits whose sampled label is not the predicted one, so
+  in most directions the posterior is the isotropic term anyway.
+- The same Gaussian compressed to one Kronecker product per layer (what ``learn_prior``
+  stores) depends on the compression. ``compression="damped"`` (what
+  ``few_shot_transfer.py`` uses; relative Frobenius error 0.35 - 0.86, it over-approximates
+  the precision) is as good as the exact posterior (AUROC 0.986 / 0.980, accuracy 1).
+  ``compression="nearest"`` (the paper's; error 0.05 - 0.17) keeps the large curvature
+  eigenvalues and loses the isotropic floor, so it is broader than the exact posterior in
+  most directions: it is worse (accuracy 0.99, NLL 0.17, AUROC 0.969 / 0.961), though still
+  better than the MAP at flagging foreign images.
 """
 
 from __future__ import annotations
@@ -70,8 +118,14 @@ PRIOR_SCALES = (1e3, 1e4, 1e5, 1e6)  # alpha * delta from 0.1 to 100
 TEMPERATURES = (0.1, 0.01, 0.001)
 ISOTROPIC_PRECISIONS = (1e2, 3e2, 1e3, 3e3, 1e4)  # the control: N(theta_s, 1/p I), no curvature
 
-FULL = {"n_fit": 7000, "n_val": 1000, "n_test": 2000, "n_ood": None, "n_samples": 100, "n_samples_val": 30}
-QUICK = {"n_fit": 1000, "n_val": 200, "n_test": 300, "n_ood": 300, "n_samples": 20, "n_samples_val": 16}
+FULL = {"n_fit": 7000, "n_val": 1000, "n_test": 2000, "n_ood": None, "n_samples": 100, "n_samples_val": 30,
+        "all_rows": True, "seed": 0}
+QUICK = {"n_fit": 1000, "n_val": 150, "n_test": 200, "n_ood": 200, "n_samples": 10, "n_samples_val": 8,
+         "all_rows": True, "seed": 0}
+# The size tests/test_examples_transfer.py runs (``run(args, **TEST)``): only the MAP and the
+# posterior's MC predictive (the claim), smaller sets, fewer samples: the CPU budget of the tests.
+TEST = {"n_fit": 500, "n_val": 100, "n_test": 150, "n_ood": 150, "n_samples": 5, "n_samples_val": 4,
+        "all_rows": False}
 
 logger = logging.getLogger("examples." + NAME)
 
@@ -93,18 +147,19 @@ def _choose(scores: list[dict[str, Any]], map_val: dict[str, float]) -> tuple[di
     return rule, min(scores, key=lambda s: s["nll"])
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = QUICK if args.quick else FULL
+def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """Run the comparison; ``overrides`` replace entries of the QUICK / FULL configuration (e.g. ``**TEST``)."""
+    cfg = {**(QUICK if args.quick else FULL), **overrides}
     device = torch.device(args.device)
     start = time.perf_counter()
-    gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
+    gen = lambda seed: torch.Generator(device=device).manual_seed(seed + 10 * cfg["seed"])  # noqa: E731
 
     # --- data: MNIST train split -> curvature part + validation part; test and OOD sets --------------
     X_train, y_train, X_test, y_test = load_mnist()
-    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=cfg["n_val"], random_state=0,
+    X_fit, X_val, y_fit, y_val = train_test_split(X_train, y_train, test_size=cfg["n_val"], random_state=cfg["seed"],
                                                   stratify=y_train)
     X_fit, y_fit = X_fit[:cfg["n_fit"]], y_fit[:cfg["n_fit"]]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(cfg["seed"])
 
     def subset(X: np.ndarray, n: int | None) -> np.ndarray:
         return X if n is None or n >= len(X) else X[np.sort(rng.choice(len(X), n, replace=False))]
@@ -128,21 +183,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     grid_mc, grid_lin = [], []
     for a in PRIOR_SCALES:
         q_a = base.with_scales(prior_scale=a)
-        mean, cov = linearized_logit_moments(net, q_a, to_t(X_val), batch_size=256)
+        if cfg["all_rows"]:
+            mean, cov = linearized_logit_moments(net, q_a, to_t(X_val), batch_size=256)
         for t in TEMPERATURES:
-            p_lin = _probit(mean, cov, t)
-            grid_lin.append({"alpha": a, "tau": t, **evaluate(p_lin, y_val), "entropy": _entropy(p_lin)})
+            if cfg["all_rows"]:
+                p_lin = _probit(mean, cov, t)
+                grid_lin.append({"alpha": a, "tau": t, **evaluate(p_lin, y_val), "entropy": _entropy(p_lin)})
             p_mc = predict_proba_mc(net, q_a.with_scales(temperature=t), to_t(X_val),
                                     n_samples=cfg["n_samples_val"], generator=gen(1)).cpu().numpy()
             grid_mc.append({"alpha": a, "tau": t, **evaluate(p_mc, y_val), "entropy": _entropy(p_mc)})
     mc_rule, mc_nll = _choose(grid_mc, map_val)
-    lin_rule, lin_nll = _choose(grid_lin, map_val)
+    lin_rule, lin_nll = _choose(grid_lin, map_val) if grid_lin else (None, None)
     grid_iso = []
-    for prec in ISOTROPIC_PRECISIONS:
+    for prec in ISOTROPIC_PRECISIONS if cfg["all_rows"] else ():
         p_iso = predict_proba_mc(net, LayerwiseGaussian.isotropic(net, prec), to_t(X_val),
                                  n_samples=cfg["n_samples_val"], generator=gen(1)).cpu().numpy()
         grid_iso.append({"alpha": prec / DELTA, "tau": 1.0, **evaluate(p_iso, y_val), "entropy": _entropy(p_iso)})
-    iso_rule, _ = _choose(grid_iso, map_val)
+    iso_rule = _choose(grid_iso, map_val)[0] if grid_iso else None
 
     # --- evaluation on MNIST test, Fashion-MNIST and Animal-MNIST ----------------------------------------------
     def predict_mc(q: Any) -> Any:
@@ -156,26 +213,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return _probit(mean, cov, t)
         return f
 
-    # the same Gaussian as a learned prior (one Kronecker product per layer): what few_shot_transfer.py uses
-    def predict_learned(a: float, t: float) -> Any:
-        prior = learn_prior(net, None, curvature=curvature, weight_decay=DELTA, prior_scale=a, temperature=t)
+    # the same Gaussian as a learned prior (one Kronecker product per layer), with each compression of
+    # learn_prior: "damped" is what few_shot_transfer.py uses, "nearest" the paper's Frobenius-nearest one
+    def predict_learned(a: float, t: float, compression: str) -> tuple[Any, Any]:
+        prior = learn_prior(net, None, curvature=curvature, weight_decay=DELTA, prior_scale=a, temperature=t,
+                            compression=compression)
         return predict_mc(prior), prior
 
-    learned_predict, learned = predict_learned(mc_rule["alpha"], mc_rule["tau"])
     methods = [
         ("MAP (pretrained CNN)", None, None, lambda X: predict_proba_map(net, to_t(X)).cpu().numpy()),
         ("posterior, MC", mc_rule["alpha"], mc_rule["tau"],
          predict_mc(base.with_scales(prior_scale=mc_rule["alpha"], temperature=mc_rule["tau"]))),
-        ("posterior, linearized", lin_rule["alpha"], lin_rule["tau"], predict_lin(lin_rule["alpha"], lin_rule["tau"])),
-        ("learned prior (NKP), MC", mc_rule["alpha"], mc_rule["tau"], learned_predict),
-        ("posterior, MC, val-NLL choice", mc_nll["alpha"], mc_nll["tau"],
-         predict_mc(base.with_scales(prior_scale=mc_nll["alpha"], temperature=mc_nll["tau"]))),
-        ("control: isotropic N(MAP, 1/p I), MC", iso_rule["alpha"], 1.0,
-         predict_mc(LayerwiseGaussian.isotropic(net, iso_rule["alpha"] * DELTA))),
     ]
+    nkp_error = {}
+    if cfg["all_rows"]:
+        methods.append(("posterior, linearized", lin_rule["alpha"], lin_rule["tau"],
+                        predict_lin(lin_rule["alpha"], lin_rule["tau"])))
+        for compression in ("damped", "nearest"):
+            f, learned = predict_learned(mc_rule["alpha"], mc_rule["tau"], compression)
+            nkp_error[compression] = learned.metadata.get("nkp_error")
+            methods.append((f"learned prior ({compression} NKP), MC", mc_rule["alpha"], mc_rule["tau"], f))
+        methods += [
+            ("posterior, MC, val-NLL choice", mc_nll["alpha"], mc_nll["tau"],
+             predict_mc(base.with_scales(prior_scale=mc_nll["alpha"], temperature=mc_nll["tau"]))),
+            ("control: isotropic N(MAP, 1/p I), MC", iso_rule["alpha"], 1.0,
+             predict_mc(LayerwiseGaussian.isotropic(net, iso_rule["alpha"] * DELTA))),
+        ]
     rows, probas = [], {}
+    X_all = np.concatenate([X_in, X_fashion, X_animal])  # one call: the same posterior draws for all three sets
+    cuts = np.cumsum([len(X_in), len(X_fashion)])
     for label, a, t, predict in methods:
-        p_in, p_f, p_a = predict(X_in), predict(X_fashion), predict(X_animal)
+        p_in, p_f, p_a = np.split(predict(X_all), cuts)
         probas[label] = (p_in, p_f, p_a)
         rows.append({"method": label, "alpha*delta (p)": "" if a is None else a * DELTA, "tau": "" if t is None else t,
                      **{k: v for k, v in evaluate(p_in, y_in).items() if k != "brier"},
@@ -188,7 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "validation": {"map": map_val, "mc": grid_mc, "linearized": grid_lin, "isotropic": grid_iso},
         "chosen": {"mc": mc_rule, "linearized": lin_rule, "mc_val_nll": mc_nll, "linearized_val_nll": lin_nll,
                    "isotropic": iso_rule},
-        "nkp_error": learned.metadata.get("nkp_error"),
+        "nkp_error": nkp_error,
         "n_fit": int(len(y_fit)), "n_val": int(len(y_val)), "n_test": int(len(y_in)),
         "n_fashion": int(len(X_fashion)), "n_animal": int(len(X_animal)),
         "seconds": elapsed, "seconds_posterior": t_posterior,
@@ -196,7 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     save_results(NAME, rows, args, extra=extra)
     _plot(probas, args)
     print(f"chosen scales: MC alpha*delta={mc_rule['alpha'] * DELTA:g} tau={mc_rule['tau']:g}; "
-          f"linearized alpha*delta={lin_rule['alpha'] * DELTA:g} tau={lin_rule['tau']:g}; {elapsed:.0f} s")
+          + (f"linearized alpha*delta={lin_rule['alpha'] * DELTA:g} tau={lin_rule['tau']:g}; " if lin_rule else "")
+          + f"{elapsed:.0f} s")
     result = {"rows": rows, **extra}
     _check(result)
     return result
@@ -205,18 +274,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _check(result: dict[str, Any]) -> None:
     """The claims, with thresholds from the measured runs (see the module docstring)."""
     by = {r["method"]: r for r in result["rows"]}
-    mp, mc, lin = by["MAP (pretrained CNN)"], by["posterior, MC"], by["posterior, linearized"]
+    mp = by["MAP (pretrained CNN)"]
     # the pretrained net has (almost certainly) seen these digits: near-perfect held-out accuracy
     assert mp["accuracy"] >= 0.99, mp
-    for r in (mc, lin):
+    for label in ("posterior, MC", "posterior, linearized"):
+        if label not in by:  # the test size has the MC predictive only
+            continue
+        r = by[label]
         # in distribution, the posterior keeps the MAP's accuracy (tolerance: one or two digits)
         assert r["accuracy"] >= mp["accuracy"] - 0.01, (r, mp)
         # out of distribution, it is at least as good at flagging foreign images
         assert r["auroc_fashion"] >= mp["auroc_fashion"], (r, mp)
         assert r["auroc_animal"] >= mp["auroc_animal"], (r, mp)
-    # the compressed (learned-prior) form behaves like the exact posterior
-    nkp = by["learned prior (NKP), MC"]
-    assert abs(nkp["auroc_fashion"] - mc["auroc_fashion"]) < 0.05 and abs(nkp["accuracy"] - mc["accuracy"]) < 0.02
+    # the compressed (learned-prior) forms: still no worse than the MAP at flagging foreign images
+    for label in ("learned prior (damped NKP), MC", "learned prior (nearest NKP), MC"):
+        if label in by:
+            nkp = by[label]
+            assert nkp["accuracy"] >= 0.97, nkp
+            assert nkp["auroc_fashion"] >= mp["auroc_fashion"] and nkp["auroc_animal"] >= mp["auroc_animal"], (nkp, mp)
 
 
 def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: argparse.Namespace) -> None:
@@ -229,7 +304,7 @@ def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: ar
         return
     from pathlib import Path
 
-    labels = ["MAP (pretrained CNN)", "posterior, MC", "posterior, linearized"]
+    labels = [k for k in ("MAP (pretrained CNN)", "posterior, MC", "posterior, linearized") if k in probas]
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.2), sharey=True)
     bins = np.linspace(0.0, 1.0, 21)
     for ax, label in zip(axes, labels):

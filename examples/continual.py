@@ -1,4 +1,53 @@
-"""Continual learning with the posterior of each task as the prior of the next (DRAFT)."""
+"""Continual learning: the posterior of each task becomes the prior of the next (online Laplace chain).
+
+What it shows
+-------------
+``KroneckerPriorClassifier.partial_fit`` learns one task per call; after each task the Laplace
+posterior ``N(theta_t, (F_t + P_t)^-1)`` (exact two-term form per layer) is compressed to one
+Kronecker product per layer (NKP) and becomes the prior ``P_{t+1}`` of the next task, starting from
+
+- the learned MNIST prior (``mnist_prior``: K-FAC of the pretrained MNIST CNN, ``delta = 1``),
+- the isotropic prior with learned mean ``N(theta_MNIST, delta^-1 I)``,
+
+against plain fine-tuning (the same network, optimizer, learning rate, batches and epochs with no
+prior term). Two streams, one 10-way head reused by every task:
+
+- permuted Fashion-MNIST (task 0 the images as they are, then a fixed pixel permutation per task;
+  5 tasks in full mode, 3 in quick mode);
+- MNIST -> Fashion-MNIST -> Animal-MNIST (labels 0-9 of each data set on the same head). The MNIST
+  prior is learned on the first 4,000 MNIST training images and the MNIST task trains on the other
+  4,000, so no image enters both the prior and the likelihood.
+
+Reported: the accuracy matrix ``acc[i, j]`` (after task i, on the test set of task j), average
+accuracy after the last task, forgetting (Chaudhry et al.), and the ECE on every task after the last.
+
+Choices (measured, quick mode, CPU)
+-----------------------------------
+The chain is the exact Bayesian one: ``scaling="fixed"`` with ``alpha = beta = tau = 1``, so the
+prior of task t+1 is ``F_t + P_t``. Tuned scales (``scaling="validation"``) would be folded into the
+next prior by ``as_prior`` and compound from task to task (reported as a library issue). With
+``delta = 1`` this posterior is far too wide for the Monte-Carlo predictive: on permuted task 0 the
+MC predictive got 0.114 accuracy against 0.682 for the MAP network, and the linearized predictive
+0.678 but with ECE 0.52 (MAP: 0.043). The accuracy matrix therefore uses the MAP network of each
+chain (``predictive="map"``), like fine-tuning; the ECE is the MAP network's too.
+
+Run::
+
+    python examples/continual.py --device cuda                       # full size (GPU): not measured yet
+    python examples/continual.py --quick --device cpu --threads 1    # subsets, ~7 minutes on a CPU
+
+The quick table is ``examples/results/continual_quick.md``; the full-size run (5 permuted tasks of
+10,000 images, 5 epochs) has not been run yet, so no full-size number is claimed here.
+
+Measured (quick mode: 1,000 training images per task, 2 epochs, 500 test images; CPU, one thread,
+seed 0; forgetting, average accuracy after the last task)
+--------------------------------------------------------------------------------------------------
+permuted Fashion-MNIST (3 tasks): learned-prior chain 0.011, 0.640; isotropic-prior chain 0.019,
+0.641; fine-tuning 0.068, 0.597. MNIST -> Fashion -> Animal: learned-prior chain 0.185, 0.563;
+isotropic-prior chain 0.193, 0.558; fine-tuning 0.317, 0.468. The chains forget less than
+fine-tuning on both streams (asserted); the learned-prior chain and the chain started from the
+isotropic prior are within noise of each other (no claim made). The ECE per task is in the table.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +80,7 @@ N_SOURCE = 4000  # the MNIST prior is learned on the first 4,000 MNIST training 
 CONFIG = {
     "full": dict(n_perm_tasks=5, perm_per_class=1000, seq_per_class=400, n_test=2000, max_epochs=5,
                  batch_size=128, lr=1e-3, n_samples=30, methods=("learned", "isotropic", "finetune")),
-    "quick": dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=3,
+    "quick": dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=2,
                   batch_size=64, lr=1e-3, n_samples=10, methods=("learned", "isotropic", "finetune")),
 }
 
@@ -63,7 +112,8 @@ def dataset_stream(cfg: dict, seed: int) -> list[Task]:
     mnist = Task("mnist", Xm[N_SOURCE:], ym[N_SOURCE:], Xmt, ymt, np.arange(10))
     fashion = Task("fashion_mnist", *load_fashion_mnist(), classes=np.arange(10))
     animal = Task("animal_mnist", *load_animal_mnist(), classes=np.arange(10))
-    return [_subsample(t, cfg["seq_per_class"], cfg["n_test"], seed + i) for i, t in enumerate((mnist, fashion, animal))]
+    return [_subsample(t, cfg["seq_per_class"], cfg["n_test"], seed + i)
+            for i, t in enumerate((mnist, fashion, animal))]
 
 
 class _FineTuner:
@@ -108,9 +158,9 @@ def _learner(method: str, cfg: dict, device: str, seed: int) -> Any:
     if method == "finetune":
         return _FineTuner(cfg, device, seed)
     kind = "kronecker" if method == "learned" else "isotropic"
-    prior = mnist_prior(weight_decay=WEIGHT_DECAY, kind=kind, n_source=N_SOURCE)
-    return KroneckerPriorClassifier(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, scaling=cfg.get("scaling", "fixed"),
-                                    predictive=cfg.get("predictive", "mc"), max_epochs=cfg["max_epochs"],
+    prior = mnist_prior(weight_decay=WEIGHT_DECAY, kind=kind, n_source=N_SOURCE, device=device)
+    return KroneckerPriorClassifier(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, scaling="fixed",
+                                    predictive="map", max_epochs=cfg["max_epochs"],
                                     batch_size=cfg["batch_size"], lr=cfg["lr"], n_samples=cfg["n_samples"],
                                     device=device, random_state=seed)
 
@@ -137,9 +187,9 @@ def run_stream(tasks: list[Task], method: str, cfg: dict, device: str, seed: int
 
 def run(args: argparse.Namespace) -> dict:
     cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
-    seed = 0
-    streams = {"permuted_fashion": permuted_fashion(cfg, seed), "mnist_fashion_animal": dataset_stream(cfg, seed)}
-    streams = {k: v for k, v in streams.items() if k in cfg.get("streams", streams)}
+    seed = int(cfg.get("seed", 0))
+    builders = {"permuted_fashion": permuted_fashion, "mnist_fashion_animal": dataset_stream}
+    streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg.get("streams", builders)}
     rows, results = [], {}
     for stream, tasks in streams.items():
         for method in cfg["methods"]:
@@ -147,14 +197,58 @@ def run(args: argparse.Namespace) -> dict:
             results[(stream, method)] = res
             row = {"stream": stream, "method": METHOD_LABELS[method], "avg_acc": res["average_accuracy"],
                    "forgetting": res["forgetting"]}
-            row.update({f"acc_{t.name}": float(res["acc"][-1, j]) for j, t in enumerate(tasks)})
-            row.update({f"ece_{j}": float(res["ece"][-1, j]) for j in range(len(tasks))})
+            row["final acc per task"] = " / ".join(f"{a:.3f}" for a in res["acc"][-1])
+            row["final ECE per task"] = " / ".join(f"{e:.3f}" for e in res["ece"][-1])
             row["seconds"] = res["seconds"]
-            print(row, flush=True)
-            print(np.round(res["acc"], 3), flush=True)
+            log.info("%s", row)
+            log.info("acc matrix\n%s", np.round(res["acc"], 3))
             rows.append(row)
-    save_results("continual", rows, args)
-    return {"rows": rows, "results": results}
+    table = save_results("continual", rows, args, extra={
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+        "matrices": {f"{s}/{m}": {"acc": r["acc"].tolist(), "ece": r["ece"].tolist()}
+                     for (s, m), r in results.items()}})
+    _plot(results, args)
+    _check(results)
+    return {"rows": rows, "results": results, "table": table}
+
+
+def _check(results: dict) -> None:
+    """The claims, with thresholds from the measured runs (see the module docstring)."""
+    for (stream, method), res in results.items():
+        assert np.isfinite(res["acc"][np.tril_indices(len(res["acc"]))]).all()
+        if method == "learned" and (stream, "finetune") in results:
+            ft = results[(stream, "finetune")]
+            # the chain forgets less than fine-tuning
+            assert res["forgetting"] < ft["forgetting"], (stream, res["forgetting"], ft["forgetting"])
+
+
+def _plot(results: dict, args: argparse.Namespace) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    streams = sorted({s for s, _ in results})
+    fig, axes = plt.subplots(1, len(streams), figsize=(6 * len(streams), 4), squeeze=False)
+    for ax, stream in zip(axes[0], streams):
+        for (s, method), res in results.items():
+            if s != stream:
+                continue
+            acc = res["acc"]
+            T = len(acc)
+            line, = ax.plot(range(T), [np.mean(acc[i, :i + 1]) for i in range(T)], marker="o",
+                            label=f"{METHOD_LABELS[method]}: mean over seen tasks")
+            ax.plot(range(T), acc[:, 0], ls="--", color=line.get_color(), label=f"{method}: task 0")
+        ax.set_xlabel("after task")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(stream)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"continual{'_quick' if args.quick else ''}.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,34 @@
-"""GridSearchCV over the prior scale and the temperature of KroneckerPriorClassifier (DRAFT)."""
+"""GridSearchCV over the prior scale and the temperature of KroneckerPriorClassifier, in a Pipeline.
+
+What it shows
+-------------
+``KroneckerPriorClassifier(scaling="fixed")`` is a plain scikit-learn classifier: it sits in a
+``Pipeline``, is cloned and pickled to ``n_jobs=2`` worker processes by ``GridSearchCV``, and its
+``prior_scale`` (alpha: the prior precision's multiplier, in the MAP loss and the posterior) and
+``temperature`` (tau: the posterior covariance's multiplier) are searched by cross-validation with
+two scorers (accuracy and ``neg_log_loss``, refit on the log loss).
+
+- scikit-learn's digits (8x8, 1,257 training / 540 test images): ``StandardScaler`` -> MLP(64)
+  with the zero-mean isotropic prior (``delta = 1``); quick and full mode.
+- full mode only: Animal-MNIST with 10 images per class, a ``FunctionTransformer`` reshaping the
+  flattened pixels to images -> the MNIST CNN with the learned MNIST prior, passed by file path so
+  the workers load it instead of unpickling 80 MB per task.
+
+With the defaults (alpha = tau = 1) the Monte-Carlo predictive samples a Laplace posterior that is
+far too wide and is close to chance; the searched scales fix it (measured below). The grids contain
+the defaults, so the search can only improve the cross-validated log loss; the test-set numbers
+are the real check.
+
+Run::
+
+    python examples/grid_search.py --device cuda                      # full: not measured yet
+    python examples/grid_search.py --quick --device cpu --threads 1   # a 3 x 3 grid on digits, ~15 s on a CPU
+
+Measured (quick, CPU, ``examples/results/grid_search_quick.md``): the search picks alpha = 1,
+tau = 0.01 (CV log loss 0.118 against 2.19 for the defaults); on the 540 test digits accuracy
+0.982 and log loss 0.087, against 0.276 and 2.171 for the defaults alpha = tau = 1. The full run
+(adds Animal-MNIST with the learned MNIST prior) has not been run yet.
+"""
 
 from __future__ import annotations
 
@@ -20,40 +50,44 @@ from skkprior.metrics import evaluate  # noqa: E402
 
 log = logging.getLogger("grid_search")
 
-
-def to_images(X):
-    """Flattened 784-pixel rows to (n, 1, 28, 28) float32 images (module level: picklable)."""
-    return np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28)
-
-
 CONFIG = {
-    "full": dict(digits=dict(prior_scale=[0.01, 0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=5,
+    "full": dict(digits=dict(prior_scale=[0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01, 0.001], cv=3,
                              max_epochs=30, n_samples=50),
-                 animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1], cv=3,
+                 animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3,
                              max_epochs=30, n_samples=30)),
-    "quick": dict(digits=dict(prior_scale=[0.1, 1.0, 10.0], temperature=[1.0, 0.1], cv=3, max_epochs=15,
+    "quick": dict(digits=dict(prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3, max_epochs=15,
                               n_samples=20),
                   animal=None),
 }
 
 
-def _search(pipe, grid, cv, X, y, X_test, y_test, name, n_jobs):
+def to_images(X):
+    """Flattened 784-pixel rows to ``(n, 1, 28, 28)`` float32 images (module level, so it pickles)."""
+    return np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28)
+
+
+def _search(pipe, grid, cv, X, y, X_test, y_test, name):
+    from sklearn.base import clone
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     search = GridSearchCV(pipe, grid, scoring={"accuracy": "accuracy", "nll": "neg_log_loss"}, refit="nll",
-                          cv=StratifiedKFold(cv, shuffle=True, random_state=0), n_jobs=n_jobs, error_score="raise")
+                          cv=StratifiedKFold(cv, shuffle=True, random_state=0), n_jobs=2, error_score="raise")
     start = time.perf_counter()
     search.fit(X, y)
     seconds = time.perf_counter() - start
     res = search.cv_results_
     rows = [{"task": name, "prior_scale": float(p["clf__prior_scale"]), "temperature": float(p["clf__temperature"]),
              "cv_accuracy": float(res["mean_test_accuracy"][i]), "cv_nll": float(-res["mean_test_nll"][i]),
-             "rank": int(res["rank_test_nll"][i])} for i, p in enumerate(res["params"])]
-    test = evaluate(search.predict_proba(X_test), np.searchsorted(search.classes_, y_test))
-    default = pipe.set_params(clf__prior_scale=1.0, clf__temperature=1.0).fit(X, y)
-    test_default = evaluate(default.predict_proba(X_test), np.searchsorted(default.classes_, y_test))
-    return {"rows": rows, "best_params": search.best_params_, "test_best": test, "test_default": test_default,
-            "seconds": seconds}
+             "rank_nll": int(res["rank_test_nll"][i])} for i, p in enumerate(res["params"])]
+    labels = np.searchsorted(search.classes_, y_test)
+    test_best = evaluate(search.predict_proba(X_test), labels)
+    default = clone(pipe).set_params(clf__prior_scale=1.0, clf__temperature=1.0).fit(X, y)
+    test_default = evaluate(default.predict_proba(X_test), labels)
+    log.info("%s: best %s, test %s, default test %s, %.1f s", name, search.best_params_, test_best, test_default,
+             seconds)
+    return {"rows": rows, "best_params": {k: float(v) for k, v in search.best_params_.items()},
+            "test_best": test_best, "test_default": test_default, "seconds": seconds,
+            "pipeline": [step for step, _ in search.best_estimator_.steps]}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -62,22 +96,23 @@ def run(args: argparse.Namespace) -> dict:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    cfg = CONFIG["quick" if args.quick else "full"]
+    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
     out = {}
     c = cfg["digits"]
     X, y = load_digits(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.3, stratify=y, random_state=0)
     pipe = Pipeline([("scale", StandardScaler()),
-                     ("clf", KroneckerPriorClassifier(MLP, module__hidden_sizes=(64,), weight_decay=1.0, scaling="fixed",
-                                                      max_epochs=c["max_epochs"], lr=1e-2, batch_size=64,
-                                                      n_samples=c["n_samples"], device=args.device, random_state=0))])
+                     ("clf", KroneckerPriorClassifier(MLP, module__hidden_sizes=(64,), weight_decay=1.0,
+                                                      scaling="fixed", max_epochs=c["max_epochs"], lr=1e-2,
+                                                      batch_size=64, n_samples=c["n_samples"], device=args.device,
+                                                      random_state=0))])
     grid = {"clf__prior_scale": c["prior_scale"], "clf__temperature": c["temperature"]}
-    out["digits"] = _search(pipe, grid, c["cv"], X_train, y_train, X_test, y_test, "digits (MLP)", 2)
-    print(out["digits"])
-    c = cfg["animal"]
+    out["digits"] = _search(pipe, grid, c["cv"], X_train, y_train, X_test, y_test, "digits, MLP")
+    c = cfg.get("animal")
     if c is not None:
-        mnist_prior(weight_decay=1.0)  # make sure the cached file exists; the workers load it by path
-        path = str(data_home() / "priors" / "mnist_kronecker_wd1_nall_mc.pt")
+        # make sure the cached file exists; the workers load it by path
+        mnist_prior(weight_decay=1.0, device=args.device)
+        path = str(data_home() / "priors" / "mnist_kronecker_wd1_nall_mc_nearest.pt")
         Xa, ya, Xa_test, ya_test = load_animal_mnist()
         Xa, ya = subsample_per_class(Xa, ya, c["n_per_class"], random_state=0)
         pipe = Pipeline([("images", FunctionTransformer(to_images)),
@@ -87,11 +122,63 @@ def run(args: argparse.Namespace) -> dict:
                                                           random_state=0))])
         grid = {"clf__prior_scale": c["prior_scale"], "clf__temperature": c["temperature"]}
         out["animal"] = _search(pipe, grid, c["cv"], Xa.reshape(len(Xa), -1), ya,
-                                Xa_test.reshape(len(Xa_test), -1), ya_test, "animal 10/class (CNN, MNIST prior)", 2)
+                                Xa_test.reshape(len(Xa_test), -1), ya_test, "animal 10/class, CNN + MNIST prior")
     rows = [r for v in out.values() for r in v["rows"]]
-    save_results("grid_search", rows, args, extra={k: {kk: vv for kk, vv in v.items() if kk != "rows"}
-                                                   for k, v in out.items()})
-    return out
+    summary = [{"task": v["rows"][0]["task"], "best": str(v["best_params"]),
+                "test_acc_best": v["test_best"]["accuracy"], "test_nll_best": v["test_best"]["nll"],
+                "test_acc_default": v["test_default"]["accuracy"], "test_nll_default": v["test_default"]["nll"],
+                "search_s": v["seconds"]} for v in out.values()]
+    table = save_results("grid_search", rows, args, extra={"summary": summary})
+    print()
+    save_results("grid_search_summary", summary, args)
+    _plot(out, args)
+    _check(out)
+    return {**out, "table": table, "summary": summary}
+
+
+def _check(out: dict) -> None:
+    """The claims, with thresholds from the measured runs (see the module docstring)."""
+    for name, v in out.items():
+        assert len(v["rows"]) > 1 and all(np.isfinite(r["cv_nll"]) for r in v["rows"])
+        assert v["pipeline"][-1] == "clf"
+        best = min(v["rows"], key=lambda r: r["cv_nll"])
+        default = [r for r in v["rows"] if r["prior_scale"] == 1.0 and r["temperature"] == 1.0][0]
+        assert best["cv_nll"] <= default["cv_nll"]
+    d = out["digits"]
+    # measured (quick): the default's MC predictive is near chance, the searched scales are not
+    assert d["test_best"]["nll"] < d["test_default"]["nll"], d
+    assert d["test_best"]["accuracy"] > 0.9, d["test_best"]
+
+
+def _plot(out: dict, args: argparse.Namespace) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return
+    fig, axes = plt.subplots(1, len(out), figsize=(5 * len(out), 4), squeeze=False)
+    for ax, (name, v) in zip(axes[0], out.items()):
+        alphas = sorted({r["prior_scale"] for r in v["rows"]})
+        taus = sorted({r["temperature"] for r in v["rows"]})
+        grid = np.full((len(alphas), len(taus)), np.nan)
+        for r in v["rows"]:
+            grid[alphas.index(r["prior_scale"]), taus.index(r["temperature"])] = r["cv_nll"]
+        im = ax.imshow(np.log10(grid), cmap="viridis_r")
+        ax.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
+        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_xlabel("temperature tau")
+        ax.set_ylabel("prior scale alpha")
+        ax.set_title(f"{v['rows'][0]['task']}: log10 CV NLL", fontsize=9)
+        for i in range(len(alphas)):
+            for j in range(len(taus)):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / f"grid_search{'_quick' if args.quick else ''}.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

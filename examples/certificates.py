@@ -21,8 +21,7 @@ certifies the winner with fresh draws. The table puts side by side
   chosen posterior (``posterior``: "laplace" or the tuned scales, and the temperature);
 - ``paper_diag``: the paper-protocol diagnostic of the same posterior (training error of the
   model average in McAllester's bound at confidence 0.9, no Monte-Carlo correction, no union
-  bound; what ``est.certify(X, y, protocol="paper")`` computes, here with ``paper_samples``
-  model-average samples instead of its fixed 100): not a certificate;
+  bound; ``est.certify(X, y, protocol="paper", n_samples=paper_samples)``): not a certificate;
 - the test error of the posterior predictive and of the Gibbs classifier (the certified quantity:
   the certificate must lie above it).
 
@@ -79,7 +78,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _shared import mnist_prior, parse_args, save_results  # noqa: E402
 
-from skkprior import PACBayesBoundEstimator, certify  # noqa: E402
+from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
 from skkprior.predictive import gibbs_error_count, predict_proba_mc  # noqa: E402
@@ -134,18 +133,16 @@ def run(args: argparse.Namespace) -> dict:
         X, y, X_test, y_test = _load(data, cfg["n_per_class"], cfg["n_test"], seed)
         for label in cfg["priors"]:
             start = time.perf_counter()
-            est = PACBayesBoundEstimator(MnistCNN, prior=_prior(label, args.device, cfg.get("compression", "nearest")), weight_decay=WEIGHT_DECAY,
-                                         bound="kl", objective="catoni", delta=0.025, delta_mc=0.01, prior_scales=[PRIOR_SCALE],
-                                         max_epochs=cfg["max_epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+            prior = _prior(label, args.device, cfg.get("compression", "nearest"))
+            est = PACBayesBoundEstimator(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, bound="kl",
+                                         objective="catoni", delta=0.025, delta_mc=0.01, prior_scales=[PRIOR_SCALE],
+                                         temperatures=cfg.get("temperatures"), max_epochs=cfg["max_epochs"],
+                                         batch_size=cfg["batch_size"], lr=cfg["lr"],
                                          n_samples=cfg["predictive_samples"], device=args.device, random_state=seed)
             est.fit(X, y)
             q, cert = est.posterior_, est.certificate_
-            y_enc = torch.from_numpy(np.searchsorted(est.classes_, y))
-            gen = torch.Generator(device=est.device_).manual_seed(seed + 5)
-            # the paper-protocol diagnostic of the same posterior (est.certify(..., protocol="paper")
-            # with a smaller number of model-average samples than its fixed 100)
-            paper = certify(est.module_, q, torch.from_numpy(X), y_enc, protocol="paper",
-                            n_samples=cfg["paper_samples"], generator=gen, batch_size=512)
+            # the paper-protocol diagnostic of the same posterior on the same data
+            paper = est.certify(X, y, protocol="paper", n_samples=cfg["paper_samples"])
             gen = torch.Generator(device=est.device_).manual_seed(seed + 7)
             proba = predict_proba_mc(est.module_, q, torch.from_numpy(X_test), n_samples=cfg["predictive_samples"],
                                      generator=gen, batch_size=512)  # the certified posterior's predictive

@@ -145,6 +145,8 @@ _VALIDATION_PRIOR_GRID = (1.0, 10.0, 100.0, 1000.0)
 _VALIDATION_TEMPERATURE_GRID = (1.0, 0.1, 0.01)
 # Temperature multipliers of the PAC-Bayes estimator's posterior scored by the measured bound.
 _CERTIFICATE_TEMPERATURE_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
+# Bounds within this of 1 are vacuous: among them the lower Gibbs risk decides.
+_VACUOUS_TOLERANCE = 1e-6
 
 
 class _TensorBatches:
@@ -692,6 +694,10 @@ class PACBayesBoundEstimator(_BaseKronecker):
         Passes over the data with fresh draws for the Gibbs risk (``m = mc_passes * n``).
     prior_scales : sequence of float or None, default=None
         Candidate multipliers of the prior precision (a union bound over them is paid).
+    temperatures : sequence of float or None, default=None
+        Temperature multipliers of the candidate posteriors scored by the measured bound
+        (free: no union bound). None: ``(1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)``. Each
+        candidate costs one pass over the training data with posterior draws.
     catoni_C : float, default=1.0
         Catoni's constant in the training criterion.
     weight_decay : float, default=1.0
@@ -753,11 +759,14 @@ class PACBayesBoundEstimator(_BaseKronecker):
                                   lambda v: v is None or (hasattr(v, "__len__") and len(v) > 0 and all(
                                       isinstance(a, Real) and math.isfinite(a) and a > 0 for a in v))),
         "catoni_C": _Positive(),
+        "temperatures": _Anything("None or a non-empty sequence of positive numbers",
+                                  lambda v: v is None or (hasattr(v, "__len__") and len(v) > 0 and all(
+                                      isinstance(a, Real) and math.isfinite(a) and a > 0 for a in v))),
     }
 
     def __init__(self, module: Any = None, *, prior: Any = None, bound: str = "kl", objective: str = "catoni",
                  delta: float = 0.025, delta_mc: float = 0.01, mc_passes: int = 1, prior_scales: Any = None,
-                 catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc", predictive: str = "mc",
+                 temperatures: Any = None, catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc", predictive: str = "mc",
                  n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2, batch_size: int = 64,
                  optimizer: Any = torch.optim.Adam, callbacks: Any = None, device: str = "auto",
                  random_state: Any = None, verbose: int = 0, **module_kwargs: Any) -> None:
@@ -769,6 +778,7 @@ class PACBayesBoundEstimator(_BaseKronecker):
         self.delta_mc = delta_mc
         self.mc_passes = mc_passes
         self.prior_scales = prior_scales
+        self.temperatures = temperatures
         self.catoni_C = catoni_C
         self.weight_decay = weight_decay
         self.fisher = fisher
@@ -852,9 +862,9 @@ class PACBayesBoundEstimator(_BaseKronecker):
         Fashion-MNIST with the MNIST CNN). Each of ``candidates`` times each temperature
         multiplier is
         scored by the bound with its Monte-Carlo Gibbs risk on the bound data (PAC-Bayes
-        bounds hold for all Q at once, so this choice is free); ties of vacuous bounds go to the
-        lower Gibbs risk (bounds equal to three decimals count as tied). The certificate is then
-        computed with fresh, independent draws.
+        bounds hold for all Q at once, so this choice is free); the lowest bound wins, and only
+        among vacuous bounds (within ``1e-6`` of 1) does the lower Gibbs risk decide. The
+        certificate is then computed with fresh, independent draws.
         """
         from .bounds import certificate_from_errors
         from .predictive import gibbs_error_count
@@ -862,7 +872,8 @@ class PACBayesBoundEstimator(_BaseKronecker):
         X_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
         kl_bound = "kl" if self.bound == "kl" else self.bound
         best = None
-        grid = [(post, factor) for post in candidates for factor in _CERTIFICATE_TEMPERATURE_GRID]
+        factors = _CERTIFICATE_TEMPERATURE_GRID if self.temperatures is None else tuple(self.temperatures)
+        grid = [(post, float(factor)) for post in candidates for factor in factors]
         for i, (post, factor) in enumerate(grid):
             q = post.with_scales(temperature={k: float(v) * factor for k, v in post.temperature.items()})
             gen = torch.Generator(device=self.device_).manual_seed(self.random_seed_ + 101 + i)
@@ -872,17 +883,20 @@ class PACBayesBoundEstimator(_BaseKronecker):
                                            delta=self.delta, delta_mc=self.delta_mc,
                                            union_size=self._union_size(), bound=kl_bound,
                                            C=1.0 if kl_bound == "catoni" else None)
-            # bounds equal to 3 decimals tie (0.9998 is as vacuous as 1.0): then the lower Gibbs risk wins
-            key = (round(cert.risk_bound, 3), cert.empirical_gibbs_risk)
+            # the lowest bound wins; vacuous bounds tie, and then the lower Gibbs risk wins
+            bound_value = 1.0 if cert.risk_bound >= 1.0 - _VACUOUS_TOLERANCE else float(cert.risk_bound)
+            key = (bound_value, cert.empirical_gibbs_risk)
             if best is None or key < best[0]:
                 best = (key, q)
         return best[1]
 
-    def certify(self, X: Any, y: Any, *, protocol: str = "certificate", passes: int | None = None):
+    def certify(self, X: Any, y: Any, *, protocol: str = "certificate", passes: int | None = None,
+                n_samples: int = 100):
         """A certificate of the fitted posterior on ``(X, y)`` (e.g. fresh bound data).
 
         The union over ``prior_scales`` is still paid (the prior was chosen on the training data).
-        ``protocol="paper"`` gives the paper's optimistic diagnostic instead.
+        ``protocol="paper"`` gives the paper's optimistic diagnostic instead, with the model
+        average of ``n_samples`` posterior draws (the paper: 100).
         """
         from .certify import certify
 
@@ -894,4 +908,4 @@ class PACBayesBoundEstimator(_BaseKronecker):
                        bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
                        passes=self.mc_passes if passes is None else passes, union_size=self._union_size(),
                        protocol=protocol, generator=gen, batch_size=max(self.batch_size, 256),
-                       C=1.0 if self.bound == "catoni" else None)
+                       C=1.0 if self.bound == "catoni" else None, n_samples=n_samples)

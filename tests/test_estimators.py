@@ -262,6 +262,24 @@ def test_pac_bayes_falls_back_to_the_laplace_posterior_when_tuning_is_vacuous(ir
     assert est.bound_ < 1.0
 
 
+def test_pac_bayes_temperature_grid_and_paper_samples(iris, monkeypatch):
+    import skkprior.estimators as estimators
+    from types import SimpleNamespace
+
+    X, y = iris
+    monkeypatch.setattr(estimators, "tune_pac_bayes",
+                        lambda post, **kw: SimpleNamespace(posterior=post.with_scales(temperature=0.2)))
+    est = PACBayesBoundEstimator(temperatures=[0.5], **FAST).fit(X, y)
+    # one multiplier: the certified posterior is a candidate (tau 0.2 or 1) at half its temperature
+    taus = {float(v) for v in est.posterior_.temperature.values()}
+    assert taus in ({0.1}, {0.5})
+    paper = est.certify(X, y, protocol="paper", n_samples=3)
+    assert paper.protocol == "paper"
+    for bad in ([], [0.0], [float("inf")], "x"):
+        with pytest.raises(ValueError, match="temperatures"):
+            PACBayesBoundEstimator(temperatures=bad, **FAST).fit(X, y)
+
+
 @pytest.mark.parametrize("objective", ["mcallester", "map"])
 def test_pac_bayes_objectives(iris, objective):
     X, y = iris

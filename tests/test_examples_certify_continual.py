@@ -40,17 +40,15 @@ def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
                               overrides=overrides)
 
 
-def test_certificates_fashion(tmp_path, monkeypatch):
+def test_certificates_fashion(tmp_path):
     """Fashion-MNIST, 100 images per class (n = 1,000), two epochs; learned MNIST prior vs N(0, I/100).
 
-    To fit the test budget the estimator's temperature grid is cut to (1.0,) (the tuned and the
-    plain Laplace posterior still compete); the example itself uses the library's grid.
+    To fit the test budget the estimator's temperature grid is cut to ``temperatures=(1.0,)`` (the
+    tuned and the plain Laplace posterior still compete); the example itself uses the default grid.
     """
-    import skkprior.estimators as estimators
-
-    monkeypatch.setattr(estimators, "_CERTIFICATE_TEMPERATURE_GRID", (1.0,))
     certificates = _example("certificates")
     out = certificates.run(_args(tmp_path, datasets=("fashion_mnist",), priors=("learned", "isotropic, zero mean"),
+                                 temperatures=(1.0,),
                                  n_per_class=100, max_epochs=2, n_test=300, paper_samples=3, predictive_samples=3))
     by = {r["prior"]: r for r in out["rows"]}
     learned, zero = by["learned"], by["isotropic, zero mean"]

@@ -109,6 +109,19 @@ def save_results(name: str, rows: Sequence[dict[str, Any]], args: argparse.Names
     return table
 
 
+def save_figure(fig: Any, name: str, args: argparse.Namespace) -> Path:
+    """Save ``fig`` as ``<out>/<name>[_quick].png``, close it and return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(args.out) / f"{name}{'_quick' if args.quick else ''}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    print(f"plot: {out}")
+    return out
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     arr = np.asarray(list(values), dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0

@@ -105,7 +105,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from _shared import parse_args, save_results
+from _shared import parse_args, save_figure, save_results
 from skkprior import LayerwiseGaussian, isotropic_prior, kfac, learn_prior, posterior
 from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
 from skkprior.metrics import evaluate, ood_auroc
@@ -302,7 +302,6 @@ def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: ar
     except ImportError:  # pragma: no cover
         print("matplotlib is not installed: no plot")
         return
-    from pathlib import Path
 
     labels = [k for k in ("MAP (pretrained CNN)", "posterior, MC", "posterior, linearized") if k in probas]
     fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.2), sharey=True)
@@ -315,12 +314,7 @@ def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: ar
         ax.set_yscale("log")
     axes[0].set_ylabel("density")
     axes[0].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    out = Path(args.out) / f"{NAME}{'_quick' if args.quick else ''}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(f"plot: {out}")
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":

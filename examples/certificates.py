@@ -105,7 +105,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_results  # noqa: E402
+from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
 
 from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
@@ -236,11 +236,7 @@ def _plot(rows: list[dict], args: argparse.Namespace) -> None:
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{data} (n = {sub[0]['n']})")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"certificates{'_quick' if args.quick else ''}.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, "certificates", args)
 
 
 if __name__ == "__main__":

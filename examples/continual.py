@@ -66,7 +66,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_results  # noqa: E402
+from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
 
 from skkprior import KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import (MnistCNN, Task, load_animal_mnist, load_fashion_mnist, load_mnist,  # noqa: E402
@@ -245,11 +245,7 @@ def _plot(results: dict, args: argparse.Namespace) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(stream)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"continual{'_quick' if args.quick else ''}.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, "continual", args)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ from typing import Any
 
 import numpy as np
 
-from _shared import mean_std, mnist_prior, parse_args, save_results
+from _shared import mean_std, mnist_prior, parse_args, save_figure, save_results
 from skkprior import KroneckerPriorClassifier
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class
 from skkprior.metrics import evaluate
@@ -287,7 +287,6 @@ def _plot(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     except ImportError:  # pragma: no cover
         print("matplotlib is not installed: no plot")
         return
-    from pathlib import Path
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     metrics = (("accuracy", "test accuracy"), ("nll", "test NLL"), ("ece", "test ECE"))
@@ -309,12 +308,7 @@ def _plot(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             ax.set_xlabel("training examples per class")
             ax.set_title(f"{ds}: {label}", fontsize=10)
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(args.out) / f"{NAME}{'_quick' if args.quick else ''}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(f"plot: {out}")
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":

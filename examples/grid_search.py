@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_results  # noqa: E402
+from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
 
 from skkprior import MLP, KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import MnistCNN, data_home, load_animal_mnist, subsample_per_class  # noqa: E402
@@ -174,11 +174,7 @@ def _plot(out: dict, args: argparse.Namespace) -> None:
             for j in range(len(taus)):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / f"grid_search{'_quick' if args.quick else ''}.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, "grid_search", args)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,13 @@ class _Anything:
         return self.description
 
 
+def _positive_sequence() -> _Anything:
+    """Constraint: None or a non-empty sequence of finite positive numbers."""
+    return _Anything("None or a non-empty sequence of positive numbers",
+                     lambda v: v is None or (hasattr(v, "__len__") and len(v) > 0 and all(
+                         isinstance(a, Real) and math.isfinite(a) and a > 0 for a in v)))
+
+
 def _is_module_spec(v: Any) -> bool:
     return v is None or isinstance(v, nn.Module) or (inspect.isclass(v) and issubclass(v, nn.Module))
 
@@ -755,19 +762,15 @@ class PACBayesBoundEstimator(_BaseKronecker):
         "delta": _OpenUnit(),
         "delta_mc": _OpenUnit(),
         "mc_passes": _Positive(Integral),
-        "prior_scales": _Anything("None or a non-empty sequence of positive numbers",
-                                  lambda v: v is None or (hasattr(v, "__len__") and len(v) > 0 and all(
-                                      isinstance(a, Real) and math.isfinite(a) and a > 0 for a in v))),
+        "prior_scales": _positive_sequence(),
         "catoni_C": _Positive(),
-        "temperatures": _Anything("None or a non-empty sequence of positive numbers",
-                                  lambda v: v is None or (hasattr(v, "__len__") and len(v) > 0 and all(
-                                      isinstance(a, Real) and math.isfinite(a) and a > 0 for a in v))),
+        "temperatures": _positive_sequence(),
     }
 
     def __init__(self, module: Any = None, *, prior: Any = None, bound: str = "kl", objective: str = "catoni",
                  delta: float = 0.025, delta_mc: float = 0.01, mc_passes: int = 1, prior_scales: Any = None,
-                 temperatures: Any = None, catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc", predictive: str = "mc",
-                 n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2, batch_size: int = 64,
+                 temperatures: Any = None, catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc",
+                 predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2, batch_size: int = 64,
                  optimizer: Any = torch.optim.Adam, callbacks: Any = None, device: str = "auto",
                  random_state: Any = None, verbose: int = 0, **module_kwargs: Any) -> None:
         self.module = module

@@ -511,6 +511,25 @@ class KronSum:
         """``sum_k w_k tr(G_k) tr(A_k)``."""
         return sum(w * t.trace() for w, t in zip(self.weights, self.terms))
 
+    def frobenius_norm(self) -> torch.Tensor:
+        """``||sum_k w_k G_k (x) A_k||_F`` in float64 from the ``K x K`` rearrangement core.
+
+        The rearrangement is an isometry and its thin-QR factors are orthonormal, so the norm
+        of the sum is the norm of the core: no ``(n m) x (n m)`` matrix, and no cancellation
+        between large Gram entries when the terms (nearly) cancel.
+
+        Examples
+        --------
+        >>> import torch
+        >>> K = Kron(torch.eye(2, dtype=torch.float64), 3 * torch.eye(2, dtype=torch.float64))
+        >>> float(KronSum([K, K]).frobenius_norm())
+        12.0
+        >>> float((K + K * -1.0).frobenius_norm()) < 1e-12   # zero up to rounding
+        True
+        """
+        _, _, core = self._rearrangement_core()
+        return torch.linalg.matrix_norm(core)
+
     # -- nearest Kronecker product ----------------------------------------------------------
     def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gram matrices ``(<G_k, G_l>_F, <A_k, A_l>_F)`` in float64, each ``K x K``."""
@@ -894,8 +913,16 @@ class KronDecomposed:
                                               type(term).__name__, "Build it with Kron(G, A)."))
         _check_same_shape(first, second, "the two terms of KronDecomposed.from_terms")
         eigh_g, eigh_a = first_eigh if first_eigh is not None else (None, None)
-        for spectrum, what in ((eigh_g, "G"), (eigh_a, "A")):
-            if spectrum is not None and bool((spectrum[0] < 0).any()):
+        for spectrum, what, size in ((eigh_g, "G", first.n), (eigh_a, "A", first.m)):
+            if spectrum is None:
+                continue
+            f, V = spectrum
+            if tuple(f.shape) != (size,) or tuple(V.shape) != (size, size):
+                raise ValueError(error_message(f"first_eigh of factor {what}",
+                                               f"eigenvalues of shape ({size},) and eigenvectors ({size}, {size})",
+                                               f"shapes {tuple(f.shape)} and {tuple(V.shape)}",
+                                               "Pass torch.linalg.eigh of the first term's factors."))
+            if bool((spectrum[0] < 0).any()):
                 raise ValueError(error_message(f"first_eigh of factor {what}", "non-negative eigenvalues",
                                                f"smallest {float(spectrum[0].min()):.3g}",
                                                "Pass the spectra of positive semi-definite factors only."))

@@ -22,8 +22,8 @@ inform them under K-FAC; this is stated, not hidden).
 from __future__ import annotations
 
 import hashlib
-import math
 import logging
+import math
 from typing import Any, Literal, Mapping
 
 import torch
@@ -343,6 +343,8 @@ def damped_kron(F: Kron, scale: float, damping: float) -> Kron:
     >>> bool(torch.linalg.eigvalsh(P.to_dense() - F.to_dense()).min() >= 0.5 - 1e-12)
     True
     """
+    if not isinstance(F, Kron):
+        raise TypeError(error_message("F", "a Kron", type(F).__name__, "Build it with Kron(G, A)."))
     if not (math.isfinite(scale) and scale >= 0):
         raise ValueError(error_message("scale", "a finite number >= 0", scale))
     d = check_positive(damping, "damping")
@@ -353,17 +355,6 @@ def damped_kron(F: Kron, scale: float, damping: float) -> Kron:
     eye_n = torch.eye(n, dtype=F.G.dtype, device=F.G.device)
     eye_m = torch.eye(m, dtype=F.A.dtype, device=F.A.device)
     return Kron(root_s * F.G + pi * root_d * eye_n, root_s * F.A + (root_d / pi) * eye_m)
-
-
-def _relative_frobenius_error(total: KronSum, approx: Kron) -> float:
-    """``||total - approx||_F / ||total||_F`` from Kronecker inner products (no dense matrix)."""
-    terms = list(total.terms) + [approx]
-    weights = [float(w) for w in total.weights] + [-1.0]
-    gram = [[float(a.inner(b)) for b in terms] for a in terms]
-    k = len(total.terms)
-    diff = sum(weights[i] * weights[j] * gram[i][j] for i in range(k + 1) for j in range(k + 1))
-    ref = sum(weights[i] * weights[j] * gram[i][j] for i in range(k) for j in range(k))
-    return math.sqrt(max(diff, 0.0) / ref) if ref > 0 else 0.0
 
 
 def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["kronecker", "isotropic"] = "kronecker",
@@ -470,7 +461,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
             errors[name] = float(total.nearest_error())
         else:
             prec = damped_kron(F, beta0, alpha0 * wd)
-            errors[name] = _relative_frobenius_error(total, prec)
+            errors[name] = float((total + prec * -1.0).frobenius_norm() / total.frobenius_norm())
         mean = layer_matrix(params[layer.weight_name].detach(),
                             params[layer.bias_name].detach() if layer.bias_name else None).to(torch.float64)
         groups.append(GaussianGroup(name, layer.parameter_names, shapes, layer, mean.to(F.device), prec, tau0))

@@ -132,62 +132,53 @@ class PACBayesObjective:
                 raise ValueError(error_message(f"posterior group '{name}'", "two-term or isotropic",
                                                type(g.precision).__name__))
         self.device = device
-        # Shared scales need no per-layer loop: every layer's eigenvalue grid lives in one flat
-        # tensor (the per-layer entries are views into it), so a step is a few fused kernels
-        # whatever the number of layers (54 layers of ResNet-50: 4x faster than the loop).
-        zero = torch.zeros((), dtype=torch.float64, device=device)
-        if self.layers:
-            flat_dd = torch.cat([c["dd"].reshape(-1) for c in self.layers.values()])
-            offset = 0
-            for c in self.layers.values():
-                size = c["dd"].numel()
-                c["dd"] = flat_dd[offset:offset + size].view(c["dd"].shape)
-                offset += size
-        else:
-            flat_dd = torch.zeros(0, dtype=torch.float64, device=device)
-        self._fused = {"dd": flat_dd,
-                       "maha": sum((c["maha"] for c in self.layers.values()), zero),
-                       "dim": sum(c["dim"] for c in self.layers.values()),
-                       "flat_maha": sum((c["maha"] for c in self.flat.values()), zero),
-                       "flat_dim": sum(c["dim"] for c in self.flat.values())}
+        # One vectorized route for all layers: every layer's eigenvalue grid lives in one flat
+        # tensor (the per-layer entries are views into it) and per-layer scales are gathered
+        # onto it, so a step is a few kernels whatever the number of layers (54 layers of
+        # ResNet-50: 4x faster than a per-layer loop); shared scales simply broadcast.
+        layers, flat = list(self.layers.values()), list(self.flat.values())
+        f64 = {"dtype": torch.float64, "device": device}
+        sizes = [c["dd"].numel() for c in layers]
+        self._dd = torch.cat([c["dd"].reshape(-1) for c in layers]) if layers else torch.zeros(0, **f64)
+        for c, chunk in zip(layers, torch.split(self._dd, sizes)):
+            c["dd"] = chunk.view(c["dd"].shape)
+        self._layer_of = torch.repeat_interleave(torch.arange(len(layers), device=device),
+                                                 torch.tensor(sizes, dtype=torch.long, device=device))
+        self._layer_dim = torch.tensor([float(c["dim"]) for c in layers], **f64)
+        self._layer_maha = torch.stack([c["maha"] for c in layers]).sum() if layers else torch.zeros((), **f64)
+        self._flat_dim = torch.tensor([float(c["dim"]) for c in flat], **f64)
+        self._flat_maha = torch.stack([c["maha"] for c in flat]).sum() if flat else torch.zeros((), **f64)
+
+    def _split(self, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A log-scale as (per-layer, per-flat-group) tensors: 0-d when shared, else vectors."""
+        if not isinstance(value, dict):
+            return value, value
+        per_layer = torch.stack([value[name] for name in self.layers]) if self.layers else self._layer_dim
+        per_flat = torch.stack([value[name] for name in self.flat]) if self.flat else self._flat_dim
+        return per_layer, per_flat
 
     def parts(self, log_scales: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``kl``, ``trace_term`` and ``risk`` (r_approx) for log-scales (0-d tensors or per-group dicts)."""
-        def get(kind: str, name: str) -> torch.Tensor:
-            v = log_scales[kind]
-            return v[name] if isinstance(v, dict) else v
+        la, la_flat = self._split(log_scales["prior_scale"])
+        lb, _ = self._split(log_scales["likelihood_scale"])
+        lt, lt_flat = self._split(log_scales["temperature"])
 
-        if not any(isinstance(log_scales[k], dict) for k in SCALE_NAMES):
-            return self._shared_parts(log_scales["prior_scale"], log_scales["likelihood_scale"],
-                                      log_scales["temperature"])
-        kl = torch.zeros((), dtype=torch.float64, device=self.device)
-        trace_term = torch.zeros((), dtype=torch.float64, device=self.device)
-        for name, c in self.layers.items():
-            la, lb, lt = get("prior_scale", name), get("likelihood_scale", name), get("temperature", name)
-            lam = lb.exp() * c["dd"] + la.exp()
-            tau = lt.exp()
-            inv = 1.0 / lam
-            trace = tau * inv.sum()
-            logdet = torch.log(lam).sum() - c["dim"] * lt
-            kl = kl + 0.5 * (trace + c["maha"] - c["dim"] + logdet)
-            trace_term = trace_term + tau * (c["dd"] * inv).sum()
-        for name, c in self.flat.items():
-            la, lt = get("prior_scale", name), get("temperature", name)
-            # Q: precision alpha * v, temperature tau; P: precision v.
-            kl = kl + 0.5 * (c["dim"] * torch.exp(lt - la) + c["maha"] - c["dim"] + c["dim"] * (la - lt))
-        risk = (self.nll_sum + 0.5 * trace_term) / (self.n * LN2)
-        return {"kl": kl, "trace_term": trace_term, "risk": risk}
+        def per_entry(v: torch.Tensor) -> torch.Tensor:  # a per-layer vector onto the flat grid
+            return v[self._layer_of] if v.ndim else v
 
-    def _shared_parts(self, la: torch.Tensor, lb: torch.Tensor, lt: torch.Tensor) -> dict[str, torch.Tensor]:
-        """:meth:`parts` for one shared ``(log alpha, log beta, log tau)``: all layers at once."""
-        f = self._fused
-        tau = lt.exp()
-        lam = lb.exp() * f["dd"] + la.exp()
+        lam = per_entry(lb).exp() * self._dd + per_entry(la).exp()
         inv = 1.0 / lam
-        kl = 0.5 * (tau * inv.sum() + f["maha"] - f["dim"] + torch.log(lam).sum() - f["dim"] * lt)
-        trace_term = tau * (f["dd"] * inv).sum()
-        d = f["flat_dim"]
-        kl = kl + 0.5 * (d * torch.exp(lt - la) + f["flat_maha"] - d + d * (la - lt))
+        tau = per_entry(lt).exp()
+        if tau.ndim:  # per-layer temperatures
+            trace, trace_term = (tau * inv).sum(), (tau * self._dd * inv).sum()
+        else:  # shared: one elementwise pass fewer
+            trace, trace_term = tau * inv.sum(), tau * (self._dd * inv).sum()
+        kl = 0.5 * (trace + self._layer_maha - self._layer_dim.sum() + torch.log(lam).sum()
+                    - (self._layer_dim * lt).sum())
+        # isotropic groups. Q: precision alpha * v, temperature tau; P: precision v.
+        d = self._flat_dim
+        kl = kl + 0.5 * ((d * torch.exp(lt_flat - la_flat)).sum() + self._flat_maha - d.sum()
+                         + (d * (la_flat - lt_flat)).sum())
         risk = (self.nll_sum + 0.5 * trace_term) / (self.n * LN2)
         return {"kl": kl, "trace_term": trace_term, "risk": risk}
 

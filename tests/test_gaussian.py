@@ -390,6 +390,10 @@ def test_damped_kron_keeps_the_floor_against_dense(scale, damping):
     torch.testing.assert_close(P.to_dense(), exact + cross, rtol=1e-12, atol=1e-12 * float(exact.norm()))
     with pytest.raises(ValueError, match="damping"):
         damped_kron(F, scale, 0.0)
+    with pytest.raises(ValueError, match="scale"):
+        damped_kron(F, float("nan"), damping)
+    with pytest.raises(TypeError, match="Kron"):
+        damped_kron(F.to_dense(), scale, damping)
 
 
 def test_learn_prior_compressions_against_dense(net):

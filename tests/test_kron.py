@@ -657,3 +657,23 @@ def test_from_terms_with_precomputed_spectra_against_dense(second_kind):
         torch.testing.assert_close(S.logdet(), torch.linalg.slogdet(dense)[1], rtol=1e-10, atol=1e-9)
     with pytest.raises(ValueError, match="non-negative"):
         KronDecomposed.from_terms(F, P, first_eigh=((-torch.ones(5, dtype=torch.float64), torch.eye(5)), spectra[1]))
+
+
+@pytest.mark.parametrize("K", [1, 2, 5])
+def test_kronsum_frobenius_norm_against_dense(K):
+    g = torch.Generator().manual_seed(30 + K)
+    terms = [Kron(torch.randn(3, 3, generator=g, dtype=D64) * 10.0 ** (3 * k),
+                  torch.randn(4, 4, generator=g, dtype=D64)) for k in range(K)]  # magnitudes 1 .. 1e12
+    S = KronSum(terms, [float(k) - 1.5 for k in range(K)])  # negative weights too
+    torch.testing.assert_close(S.frobenius_norm(), torch.linalg.norm(S.to_dense()), rtol=1e-12, atol=0.0)
+    # a sum that nearly cancels: the core keeps the small difference, a Gram difference would not
+    tiny = Kron(torch.eye(3, dtype=D64) * 1e-9, torch.eye(4, dtype=D64))
+    almost = KronSum([terms[0], terms[0] * -1.0, tiny])
+    torch.testing.assert_close(almost.frobenius_norm(), torch.linalg.norm(tiny.to_dense()), rtol=1e-6, atol=0.0)
+
+
+def test_from_terms_rejects_spectra_of_the_wrong_shape():
+    F, P = Kron.identity(3, 2), Kron.identity(3, 2)
+    good = (torch.ones(3, dtype=D64), torch.eye(3, dtype=D64))
+    with pytest.raises(ValueError, match="first_eigh of factor A"):
+        KronDecomposed.from_terms(F, P, first_eigh=(good, (torch.ones(3, dtype=D64), torch.eye(3, dtype=D64))))

@@ -52,12 +52,12 @@ def test_fast_objective_equals_general_route(problem, bound):
         torch.testing.assert_close(parts["trace_term"], q.trace_term(curv), rtol=1e-10, atol=1e-12)
 
 
-def test_shared_scales_fused_path_equals_per_layer_loop(problem):
-    """Shared scales take one flat tensor over all layers; the same values as per-group dicts
-    take the per-layer loop: value and gradient agree."""
+def test_shared_scales_equal_the_same_values_per_group(problem):
+    """Shared scales broadcast over the flat eigenvalue grid; the same values given per group
+    are gathered onto it: value and gradient agree."""
     net, prior, curv, post = problem
     obj = PACBayesObjective(post, nll_sum=curv.nll_sum, n=curv.n_samples, bound="catoni")
-    assert obj._fused["dd"].numel() == sum(c["dd"].numel() for c in obj.layers.values())
+    assert obj._dd.numel() == sum(c["dd"].numel() for c in obj.layers.values())
     for a, b, t in [(0.0, 0.0, 0.0), (0.8, -1.3, -3.0)]:
         shared = {k: v.clone().requires_grad_(True) for k, v in logs(a, b, t).items()}
         per = {k: {name: v for name in post.groups} for k, v in

@@ -111,7 +111,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
+from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
 
 from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
     seed = int(cfg.get("seed", 0))
     rows = []
+    progress = progress_file("certificates", args)  # each finished certificate, as it ends
     for data in cfg["datasets"]:
         X, y, X_test, y_test = _load(data, cfg["n_per_class"], cfg["n_test"], seed)
         for label in cfg["priors"]:
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> dict:
                    "test_ece": test["ece"], "seconds": time.perf_counter() - start}
             log.info("%s", row)
             rows.append(row)
+            append_jsonl(progress, row)
     table = save_results("certificates", rows, args, extra={"config": {k: list(v) if isinstance(v, tuple) else v
                                                                        for k, v in cfg.items()},
                                                             "prior_scale": PRIOR_SCALE, "weight_decay": WEIGHT_DECAY},

@@ -66,7 +66,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
+from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
 
 from skkprior import KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import (MnistCNN, Task, load_animal_mnist, load_fashion_mnist, load_mnist,  # noqa: E402
@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
     builders = {"permuted_fashion": permuted_fashion, "mnist_fashion_animal": dataset_stream}
     streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg.get("streams", builders)}
     rows, results = [], {}
+    progress = progress_file("continual", args)  # each finished stream x method, as it ends
     for stream, tasks in streams.items():
         for method in cfg["methods"]:
             res = run_stream(tasks, method, cfg, args.device, seed)
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> dict:
             log.info("%s", row)
             log.info("acc matrix\n%s", np.round(res["acc"], 3))
             rows.append(row)
+            append_jsonl(progress, {**row, "acc": res["acc"].tolist(), "ece": res["ece"].tolist()})
     table = save_results("continual", rows, args, extra={
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "matrices": {f"{s}/{m}": {"acc": r["acc"].tolist(), "ece": r["ece"].tolist()}

@@ -129,7 +129,7 @@ from typing import Any
 
 import numpy as np
 
-from _shared import mean_std, mnist_prior, parse_args, save_figure, save_results
+from _shared import append_jsonl, mean_std, mnist_prior, parse_args, progress_file, save_figure, save_results
 from skkprior import KroneckerPriorClassifier
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class
 from skkprior.metrics import evaluate
@@ -184,6 +184,7 @@ def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     if cfg["raw_prior"]:
         priors[RAW] = mnist_prior(weight_decay=wd, compression="nearest", device=args.device)
     runs: list[dict[str, Any]] = []
+    progress = progress_file(NAME, args)  # each finished fit, as it ends
     for ds in cfg["datasets"]:
         X_train, y_train, X_test, y_test = LOADERS[ds]()
         if cfg["n_test"] is not None and cfg["n_test"] < len(y_test):
@@ -215,6 +216,7 @@ def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
                                  "train_loss": float(clf.history_[-1]["train_loss"]) if clf.history_ else None,
                                  "seconds": time.perf_counter() - t0})
                     r = runs[-1]
+                    append_jsonl(progress, r)
                     logger.info("%s k=%s seed=%d %-24s acc %.4f nll %.4f ece %.4f (%.1f s)", ds, r["per_class"],
                                 seed, name, r["accuracy"], r["nll"], r["ece"], r["seconds"])
     rows = _aggregate(runs)

@@ -85,16 +85,28 @@ nearest-NKP prior. At n = 1,000 every certificate is nearly vacuous.
 At n = 60,000 (all of Fashion-MNIST, the full config, 3 epochs; temperatures (1, 0.3, 0.1),
 10 paper samples; ``examples/results/certificates_fashion_n60000.md``; CPU, ~55 min per prior):
 learned nearest 0.641, learned damped 0.387, isotropic with the learned mean **0.366** (paper
-diagnostic 0.404 / 0.394 / 0.355). The paper's claim (tighter with the learned prior) did **not**
-hold at full size on this seed; the zero-mean prior was not run there (CPU time).
+diagnostic 0.404 / 0.394 / 0.355). The zero-mean prior, run later on a GPU (NVIDIA H200, 120 s)
+with the full config as it stands (100 samples, the estimator's default temperatures;
+``examples/results/certificates_fashion_n60000_zero.md``): **0.538** (paper diagnostic 0.416,
+test Gibbs error 0.279). The paper's claim (tighter with the learned prior) did **not** hold at
+full size on this seed: the learned prior is tighter than the zero-mean prior only with
+``compression="damped"`` (0.387 against 0.538; the paper's nearest NKP gives 0.641, looser than
+zero mean), and never tighter than the isotropic prior with the same mean.
+
+Animal-MNIST, all 8,005 training images (full config, GPU, seed 0, ``scripts/full_runs/go.sh``;
+``examples/results/certificates_animal_full.md``): learned nearest 0.711, learned damped 0.682,
+isotropic with the learned mean **0.679**, zero mean 0.976 (paper diagnostic 0.599 / 0.612 /
+0.578 / 0.826; test Gibbs error 0.246 / 0.222 / 0.226 / 0.697). All non-vacuous; every prior
+centred at the MNIST weights is far tighter than the zero-mean prior (which barely trains in 3
+epochs under the KL), and the isotropic prior with the MNIST mean is again the tightest, by
+0.003 over the damped learned prior.
 
 Run::
 
-    python examples/certificates.py --device cuda                       # full size (GPU): not measured yet
+    python examples/certificates.py --device cuda                       # full size (GPU), above
     python examples/certificates.py --quick --device cpu --threads 1    # subsets, ~8 minutes on a CPU
 
-The quick table is ``examples/results/certificates_quick.md``; the full-size run (Fashion-MNIST
-n = 60,000, Animal-MNIST n = 8,005) has not been run yet, so no full-size number is claimed here.
+The quick table is ``examples/results/certificates_quick.md``.
 """
 
 from __future__ import annotations
@@ -217,10 +229,11 @@ def _check(rows: list[dict]) -> None:
             continue
         assert by["learned"]["certificate"] < 1.0, by["learned"]
         # The paper's claim "tighter with the learned prior than with the isotropic priors" holds
-        # against the zero-mean prior only; the isotropic prior with the learned mean was tighter
+        # against the zero-mean prior only, and only up to n = 10,000 (at n = 60,000 the nearest-NKP
+        # prior gave 0.641 against 0.538); the isotropic prior with the learned mean was tighter
         # in every measured run (module docstring), so that is what is asserted.
         zero = by.get("isotropic, zero mean")
-        if zero is not None:
+        if zero is not None and by["learned"]["n"] <= 10_000:
             assert by["learned"]["certificate"] < zero["certificate"], (by["learned"], zero)
 
 

@@ -34,11 +34,24 @@ chain (``predictive="map"``), like fine-tuning; the ECE is the MAP network's too
 
 Run::
 
-    python examples/continual.py --device cuda                       # full size (GPU): not measured yet
+    python examples/continual.py --device cuda                       # full size (GPU), below
     python examples/continual.py --quick --device cpu --threads 1    # subsets, ~7 minutes on a CPU
 
-The quick table is ``examples/results/continual_quick.md``; the full-size run (5 permuted tasks of
-10,000 images, 5 epochs) has not been run yet, so no full-size number is claimed here.
+Measured at full size (GPU: NVIDIA H200, seed 0, one job per stream, ``scripts/full_runs/go.sh``;
+``examples/results/continual.md``): 5 permuted Fashion-MNIST tasks of 10,000 training images and
+MNIST -> Fashion -> Animal with 4,000 each, 5 epochs, 2,000 test images per task. Forgetting,
+average accuracy after the last task:
+
+- permuted Fashion-MNIST: learned-prior chain 0.023, 0.811; isotropic-prior chain 0.020, 0.813;
+  fine-tuning 0.264, 0.628 (its first task falls from 0.858 to 0.417);
+- MNIST -> Fashion -> Animal: learned-prior chain 0.273, 0.708; isotropic-prior chain 0.268,
+  0.709; fine-tuning 0.622, 0.492 (Fashion-MNIST falls to 0.195 after Animal-MNIST).
+
+The claim holds at full size, more clearly than in quick mode: the chains forget 10 times
+(permuted) and 2.3 times (sequence) less than fine-tuning and end 0.18 / 0.22 higher in average
+accuracy. The learned MNIST prior and the isotropic prior with the same mean start chains that
+are indistinguishable (0.002 apart), so the gain is the chain's, not the learned prior's.
+The chains' ECE per task after the last task is 0.04 - 0.11, fine-tuning's up to 0.44.
 
 Measured (quick mode: 1,000 training images per task, 2 epochs, 500 test images; CPU, one thread,
 seed 0; forgetting, average accuracy after the last task)

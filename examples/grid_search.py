@@ -21,13 +21,20 @@ are the real check.
 
 Run::
 
-    python examples/grid_search.py --device cuda                      # full: not measured yet
+    python examples/grid_search.py --device cuda                      # full, below
     python examples/grid_search.py --quick --device cpu --threads 1   # a 3 x 3 grid on digits, ~15 s on a CPU
 
 Measured (quick, CPU, ``examples/results/grid_search_quick.md``): the search picks alpha = 1,
 tau = 0.01 (CV log loss 0.118 against 2.19 for the defaults); on the 540 test digits accuracy
-0.982 and log loss 0.087, against 0.276 and 2.171 for the defaults alpha = tau = 1. The full run
-(adds Animal-MNIST with the learned MNIST prior) has not been run yet.
+0.982 and log loss 0.087, against 0.276 and 2.171 for the defaults alpha = tau = 1.
+
+Measured (full, GPU: NVIDIA H200, ``scripts/full_runs/go.sh``; ``examples/results/grid_search_summary.md``):
+digits, MLP, 4 x 4 grid, 30 epochs: the search picks alpha = 1, tau = 0.001; test accuracy 0.963
+and log loss 0.155 against 0.400 and 1.888 for the defaults (131 s). Animal-MNIST, 10 images per
+class, MnistCNN with the learned MNIST prior (``prior=`` a saved prior file, so the workers load
+it by path), 3 x 3 grid: alpha = 1, tau = 0.01; test accuracy 0.444 and log loss 1.805 against
+0.104 and 5.43 for the defaults (25 s). With alpha = tau = 1 the Laplace predictive of a network
+trained on few data is far too broad; the search fixes that on both tasks.
 """
 
 from __future__ import annotations

@@ -30,6 +30,16 @@ for a minute, 10 examples per class, 300 test images per task) or ``python examp
 on a GPU (the pretrained MNIST CNN of ``pretrained_mnist_cnn`` and its learned prior, 10 and 100
 examples per class, up to 2,000 test images per task). Results go to
 ``examples/results/progressive[_quick].{json,md}``.
+
+Measured at full size (GPU: NVIDIA H200, one seed, 263 s; ``scripts/full_runs/go.sh``;
+``examples/results/progressive.md``), average accuracy over the tasks after the last one,
+progressive with the learned prior / with the isotropic prior (learned mean) / independent
+networks: split Fashion-MNIST 10 per class 0.917 / 0.917 / 0.887, 100 per class 0.968 / 0.970 /
+0.975; MNIST -> Fashion -> Animal 10 per class 0.655 / 0.673 / 0.634, 100 per class 0.841 /
+0.844 / 0.845. Progressive columns forget nothing (checked bitwise) and beat independent
+networks at 10 per class, but the learned prior is not better than the isotropic one with the
+same mean at either size, and at 100 per class independent networks are as good. The posterior
+chain (no new columns) forgets 0.07 - 0.27.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import logging
 import platform
@@ -220,12 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           else ("cpu" if args.device == "auto" else args.device))
     n = 1_000 if args.quick else args.n
     repeats = 1 if args.quick else args.repeats
-    try:
-        import laplace  # noqa: F401
-
-        with_laplace = not args.no_laplace
-    except ImportError:
-        with_laplace = False
+    with_laplace = not args.no_laplace and importlib.util.find_spec("laplace") is not None
     X, y, cnn, source = load_data(n, seed=0)
     X, y = X.to(device), y.to(device)
     torch.manual_seed(0)

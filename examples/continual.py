@@ -256,6 +256,7 @@ def _plot(results: dict, args: argparse.Namespace) -> None:
             line, = ax.plot(range(T), [np.mean(acc[i, :i + 1]) for i in range(T)], marker="o",
                             label=f"{METHOD_LABELS[method]}: mean over seen tasks")
             ax.plot(range(T), acc[:, 0], ls="--", color=line.get_color(), label=f"{method}: task 0")
+        ax.set_xticks(range(max(len(res["acc"]) for (s, _), res in results.items() if s == stream)))
         ax.set_xlabel("after task")
         ax.set_ylabel("test accuracy")
         ax.set_title(stream)

@@ -35,7 +35,7 @@ from torch import nn
 from ._validation import error_message
 from .laplace import KroneckerPosterior, KroneckerPrior, isotropic_prior, posterior
 from .networks import MLP
-from .tuning import training_objective, tune_pac_bayes, tune_validation
+from .tuning import training_objective, tune_marglik, tune_pac_bayes, tune_validation
 
 __all__ = ["KroneckerPriorClassifier", "PACBayesBoundEstimator"]
 
@@ -451,14 +451,17 @@ class KroneckerPriorClassifier(_BaseKronecker):
         ``beta``, multiplies the curvature in the posterior (and the likelihood in the MAP loss).
     temperature : float, default=1.0
         ``tau``, multiplies the posterior covariance (``< 1`` is a cold posterior).
-    scaling : {"validation", "pac-bayes", "fixed"}, default="validation"
+    scaling : {"validation", "marglik", "pac-bayes", "fixed"}, default="validation"
         How ``(alpha, beta, tau)`` are chosen after training: picked on a grid
         (``alpha`` times 1, 10, 100, 1000 and ``tau`` times 1, 0.1, 0.01) by the predictive NLL
         of a held-out ``validation_fraction`` of the data (the MAP is trained on the rest;
-        tiny data sets fall back to the training data); tuned by the paper's PAC-Bayes
-        objective (Catoni) on the training data; or kept as given. With a broad isotropic
-        prior the Laplace posterior is too wide for the Monte-Carlo predictive unless its
-        scales are tuned, hence the default.
+        tiny data sets fall back to the training data); ``alpha`` (shared) maximizing the
+        Laplace marginal likelihood on the training data
+        (:func:`~skkprior.tuning.tune_marglik`: exact, no held-out data, so suited to data
+        sets too small to split; ``beta`` and ``tau`` stay as given); tuned by the paper's
+        PAC-Bayes objective (Catoni) on the training data; or kept as given. With a broad
+        isotropic prior the Laplace posterior is too wide for the Monte-Carlo predictive
+        unless its scales are tuned, hence the default.
     validation_fraction : float, default=0.1
         Held-out fraction for ``scaling="validation"``.
     fisher : {"mc", "exact", "empirical"}, default="mc"
@@ -519,7 +522,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
         "prior_scale": _Positive(),
         "likelihood_scale": _Positive(),
         "temperature": _Positive(),
-        "scaling": _Options("fixed", "pac-bayes", "validation"),
+        "scaling": _Options("fixed", "marglik", "pac-bayes", "validation"),
         "validation_fraction": _OpenUnit(),
     }
 
@@ -655,6 +658,8 @@ class KroneckerPriorClassifier(_BaseKronecker):
                          likelihood_scale=self.likelihood_scale, temperature=self.temperature)
         if self.scaling == "pac-bayes":
             post = tune_pac_bayes(post, nll_sum=curvature.nll_sum, n=len(y_fit), objective="catoni").posterior
+        elif self.scaling == "marglik":
+            post = tune_marglik(post, nll_sum=curvature.nll_sum).posterior
         elif self.scaling == "validation":
             gen = torch.Generator(device=self.device_).manual_seed(seed + 3)
             post = tune_validation(post, module, torch.from_numpy(X_val), torch.from_numpy(y_val),

@@ -105,7 +105,7 @@ from .estimators import (_VALIDATION_PRIOR_GRID, _VALIDATION_TEMPERATURE_GRID, _
                          _OpenUnit, _Options, _Positive, _resolve_device, _seed_from)
 from .gaussian import GaussianGroup, LayerwiseGaussian
 from .laplace import KroneckerPrior, _zero_isotropic_layer_group, posterior
-from .tuning import tune_pac_bayes, tune_validation
+from .tuning import tune_marglik, tune_pac_bayes, tune_validation
 
 __all__ = ["ProgressivePriorClassifier"]
 
@@ -373,13 +373,15 @@ class ProgressivePriorClassifier(_BaseKronecker):
     prior_scale, likelihood_scale, temperature : float, default=1.0
         ``alpha``, ``beta``, ``tau`` of each new column's posterior (starting values for
         ``scaling="pac-bayes"``); ``alpha / beta`` also weighs the prior term of the MAP loss.
-    scaling : {"validation", "pac-bayes", "fixed"}, default="validation"
+    scaling : {"validation", "marglik", "pac-bayes", "fixed"}, default="validation"
         How each new column's ``(alpha, beta, tau)`` are chosen, as in
         :class:`~skkprior.KroneckerPriorClassifier`: on a grid (``alpha`` times 1, 10, 100,
         1000, ``tau`` times 1, 0.1, 0.01) by the predictive NLL of a held-out
         ``validation_fraction`` of the task's data (the column is trained on the rest; the
-        earlier columns at their means; too few data fall back to the training data); by the
-        paper's PAC-Bayes objective (Catoni, on the task's training data); or kept as given.
+        earlier columns at their means; too few data fall back to the training data); ``alpha``
+        by the Laplace marginal likelihood of the task's training data
+        (:func:`~skkprior.tuning.tune_marglik`); by the paper's PAC-Bayes objective (Catoni, on
+        the task's training data); or kept as given.
     validation_fraction : float, default=0.1
         Held-out fraction for ``scaling="validation"``.
     sample_earlier : {"predict", "train+predict", "never"}, default="predict"
@@ -463,7 +465,7 @@ class ProgressivePriorClassifier(_BaseKronecker):
         "prior_scale": _Positive(),
         "likelihood_scale": _Positive(),
         "temperature": _Positive(),
-        "scaling": _Options("validation", "pac-bayes", "fixed"),
+        "scaling": _Options("validation", "marglik", "pac-bayes", "fixed"),
         "validation_fraction": _OpenUnit(),
         "sample_earlier": _Options("predict", "train+predict", "never"),
         "predictive": _Options("mc", "map"),
@@ -697,6 +699,8 @@ class ProgressivePriorClassifier(_BaseKronecker):
                                      likelihood_scale=self.likelihood_scale, temperature=self.temperature)
             if self.scaling == "pac-bayes":
                 post = tune_pac_bayes(post, nll_sum=curvature.nll_sum, n=n, objective="catoni").posterior
+            elif self.scaling == "marglik":
+                post = tune_marglik(post, nll_sum=curvature.nll_sum).posterior
             elif self.scaling == "validation":
                 gen = torch.Generator(device=self.device_).manual_seed(seed + 3)
                 post = tune_validation(post, net, torch.from_numpy(X_val), torch.from_numpy(y_val),

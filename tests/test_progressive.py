@@ -222,6 +222,22 @@ def test_pac_bayes_scaling_tunes_each_new_column(three_tasks):
         assert set(post.temperature.values()) != {0.5} or set(post.prior_scale.values()) != {2.0}
 
 
+def test_marglik_scaling_tunes_each_new_column(digits):
+    from skkprior.tuning import laplace_log_evidence
+
+    clf = ProgressivePriorClassifier(module__hidden_sizes=(16,), scaling="marglik", **FAST)
+    for classes in ([0, 1], [2, 3]):
+        clf.partial_fit(*task(digits, classes))
+    for post in clf.posteriors_:
+        alphas = set(post.prior_scale.values())
+        assert len(alphas) == 1 and alphas != {1.0}
+        # the chosen alpha is a maximum of the column's evidence (up to the constant NLL term)
+        a = alphas.pop()
+        values = [float(laplace_log_evidence(post.with_scales(prior_scale=a * f), nll_sum=0.0))
+                  for f in (0.9, 1.0, 1.1)]
+        assert values[1] > values[0] and values[1] > values[2]
+
+
 # ---------------------------------------------------------------------------------------------
 # architectures
 # ---------------------------------------------------------------------------------------------

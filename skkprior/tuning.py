@@ -502,6 +502,8 @@ def _solve_log_alpha(quads: Sequence[torch.Tensor], curv: Sequence[torch.Tensor]
         h = -0.5 * a * q - 0.5 * float((frac * (1.0 - frac)).sum())
         return g, h
 
+    if q <= 0.0 and float(e.sum()) == 0.0:  # no data pull and no curvature: the evidence is flat
+        return min(max(u0, lo), hi), "interior"
     g_lo, _ = derivs(lo)
     if g_lo <= 0.0:
         return lo, "lower"
@@ -511,6 +513,8 @@ def _solve_log_alpha(quads: Sequence[torch.Tensor], curv: Sequence[torch.Tensor]
     u = min(max(u0, lo), hi)
     for _ in range(max_iter):
         g, h = derivs(u)
+        if g == 0.0:
+            return u, "interior"
         if g > 0.0:
             lo = u
         else:
@@ -592,7 +596,7 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
             chosen[n] = math.exp(u)
     tuned = posterior.with_scales(prior_scale=chosen)
     best = float(laplace_log_evidence(tuned, nll_sum=nll_sum))
-    if best < start:  # cannot happen for an exact maximizer; guard against rounding
+    if best < start:  # only when the start lies outside the search interval (or by rounding)
         tuned, best, chosen = posterior, start, dict((k, float(v)) for k, v in posterior.prior_scale.items())
     return TuningResult(tuned, chosen, dict(posterior.likelihood_scale), dict(posterior.temperature),
                         -start, -best, [])

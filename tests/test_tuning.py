@@ -251,3 +251,16 @@ def test_tune_marglik_edges(problem, caplog):
         tune_marglik(post, nll_sum=curv.nll_sum, search=(10.0, 1.0))
     with pytest.raises(ValueError, match="nll_sum"):
         laplace_log_evidence(post, nll_sum=float("nan"))
+
+
+def test_tune_marglik_flat_evidence_keeps_the_scale(problem):
+    """theta = mu and zero curvature: every alpha has the same evidence; the start is kept, no warning."""
+    from skkprior.kron import Kron
+    from skkprior.tuning import tune_marglik
+
+    net, _, curv, _ = problem
+    zero = {k: Kron(torch.zeros_like(F.G), F.A.clone()) for k, F in curv.factors.items()}
+    flat = posterior(learn_prior(net, None, kind="isotropic", weight_decay=0.5), zero, net, prior_scale=3.0)
+    res = tune_marglik(flat, nll_sum=1.0)
+    assert all(v == pytest.approx(3.0) for v in res.prior_scale.values())
+    assert res.objective_best == pytest.approx(res.objective_start)

@@ -56,7 +56,7 @@ The full configuration on an NVIDIA H200 (36 s, 4 s of it the posterior; ``scrip
 **At full size the claim does not hold: the posterior is the MAP.** The reason is the
 selection rule meeting memorized validation data, visible on the validation digits alone: the
 MAP classifies all 1,000 of them correctly (validation NLL 7.5e-4), every Monte-Carlo posterior
-of the grid misclassifies one (accuracy 0.999), so no grid point passes "accuracy not below the
+of the grid misclassifies at least one (accuracy 0.999 or lower), so no grid point passes "accuracy not below the
 MAP's", the rule falls back to the lowest validation NLL, and that is the sharpest corner
 (``alpha * delta = 100, tau = 0.001``): a posterior so narrow that its AUROC equals the MAP's
 (0.9313 against 0.9316, 0.9465 against 0.9470). The isotropic control, whose grid reaches

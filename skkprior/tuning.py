@@ -410,10 +410,9 @@ def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, 
     for name, g in posterior.groups.items():
         if not isinstance(g.precision, KronDecomposed):
             continue
-        prior_group = posterior.prior.groups[name]
+        prior_group = posterior.prior.groups[name]  # its precision is the posterior's second term
         delta = g.mean.to(torch.float64) - prior_group.mean.to(device=g.mean.device, dtype=torch.float64)
-        P = g.terms[1]
-        quads[name] = (delta * (P.G.to(torch.float64) @ delta @ P.A.to(torch.float64).mT)).sum()
+        quads[name] = prior_group.precision_quadratic(delta)
         prec = g.precision
         beta = torch.as_tensor(prec.beta, dtype=torch.float64, device=prec.D_G.device).detach()
         curv[name] = torch.outer(prec.D_G.detach() * beta, prec.D_A.detach()).reshape(-1).clamp_min(0.0)
@@ -424,7 +423,23 @@ def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, 
     return quads, curv
 
 
+def _evidence_value(quads: dict[str, torch.Tensor], curv: dict[str, torch.Tensor], alphas: dict[str, Any],
+                    beta: float, nll: float) -> torch.Tensor:
+    """``-beta nll - sum_l (alpha_l q_l + sum_i ln(1 + e_li / alpha_l)) / 2`` (see laplace_log_evidence)."""
+    total = torch.zeros((), dtype=torch.float64, device=next(iter(quads.values())).device)
+    for name, q in quads.items():
+        alpha = torch.as_tensor(float(alphas[name]), dtype=torch.float64, device=q.device)
+        total = total - 0.5 * alpha * q - 0.5 * torch.log1p(curv[name] / alpha).sum()
+    return total - beta * nll
+
+
 def _shared_likelihood_scale(posterior: Any) -> float:
+    """The posterior's one ``beta``; a clear error for anything but a KroneckerPosterior or mixed ``beta``."""
+    from .laplace import KroneckerPosterior
+
+    if not isinstance(posterior, KroneckerPosterior):
+        raise TypeError(error_message("posterior", "a KroneckerPosterior", type(posterior).__name__,
+                                      "Build it with skkprior.posterior(prior, curvature, model)."))
     betas = {float(v) for v in posterior.likelihood_scale.values()}
     if len(betas) != 1:
         raise ValueError(error_message("likelihood_scale of the posterior", "one value shared by all groups "
@@ -476,11 +491,7 @@ def laplace_log_evidence(posterior: Any, *, nll_sum: float) -> torch.Tensor:
     nll = check_positive(nll_sum, "nll_sum", allow_zero=True)
     beta = _shared_likelihood_scale(posterior)
     quads, curv = _evidence_terms(posterior)
-    total = torch.zeros((), dtype=torch.float64, device=next(iter(quads.values())).device)
-    for name, q in quads.items():
-        alpha = torch.as_tensor(float(posterior.prior_scale[name]), dtype=torch.float64, device=q.device)
-        total = total - 0.5 * alpha * q - 0.5 * torch.log1p(curv[name] / alpha).sum()
-    return total - beta * nll
+    return _evidence_value(quads, curv, posterior.prior_scale, beta, nll)
 
 
 def _solve_log_alpha(quads: Sequence[torch.Tensor], curv: Sequence[torch.Tensor], u0: float,
@@ -575,14 +586,20 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
     >>> result.objective_best <= result.objective_start
     True
     """
+    if not (isinstance(search, (tuple, list)) and len(search) == 2):
+        raise ValueError(error_message("search of tune_marglik", "a pair (low, high)", search,
+                                       "Pass e.g. search=(1e-8, 1e8)."))
     lo_mult, hi_mult = (check_positive(v, "search") for v in search)
     if not lo_mult < hi_mult:
         raise ValueError(error_message("search of tune_marglik", "(low, high) with low < high", search,
                                        "Pass e.g. search=(1e-8, 1e8)."))
-    start = float(laplace_log_evidence(posterior, nll_sum=nll_sum))
-    quads, curv = _evidence_terms(posterior)
+    nll = check_positive(nll_sum, "nll_sum", allow_zero=True)
+    beta = _shared_likelihood_scale(posterior)
+    quads, curv = _evidence_terms(posterior)  # once: every evidence value below reuses them
+    start = float(_evidence_value(quads, curv, posterior.prior_scale, beta, nll))
     names = list(quads)
-    chosen: dict[str, float] = dict((k, float(v)) for k, v in posterior.prior_scale.items())
+    start_scales = {k: float(v) for k, v in posterior.prior_scale.items()}
+    chosen = dict(start_scales)
     blocks = [[n] for n in names] if per_layer else [names]
     for block in blocks:
         a0 = float(posterior.prior_scale[block[0]])
@@ -594,11 +611,11 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
                            "every layer" if len(block) > 1 else block[0], math.exp(u))
         for n in (block if per_layer else chosen):
             chosen[n] = math.exp(u)
-    tuned = posterior.with_scales(prior_scale=chosen)
-    best = float(laplace_log_evidence(tuned, nll_sum=nll_sum))
+    best = float(_evidence_value(quads, curv, chosen, beta, nll))
     if best < start:  # only when the start lies outside the search interval (or by rounding)
-        tuned, best, chosen = posterior, start, dict((k, float(v)) for k, v in posterior.prior_scale.items())
-    return TuningResult(tuned, chosen, dict(posterior.likelihood_scale), dict(posterior.temperature),
+        return TuningResult(posterior, start_scales, dict(posterior.likelihood_scale), dict(posterior.temperature),
+                            -start, -start, [])
+    return TuningResult(posterior.with_scales(prior_scale=chosen), chosen, dict(posterior.likelihood_scale), dict(posterior.temperature),
                         -start, -best, [])
 
 

@@ -249,6 +249,10 @@ def test_tune_marglik_edges(problem, caplog):
                              nll_sum=curv.nll_sum)
     with pytest.raises(ValueError, match="search"):
         tune_marglik(post, nll_sum=curv.nll_sum, search=(10.0, 1.0))
+    with pytest.raises(ValueError, match="search"):
+        tune_marglik(post, nll_sum=curv.nll_sum, search=1e8)
+    with pytest.raises(TypeError, match="KroneckerPosterior"):
+        laplace_log_evidence(post.prior, nll_sum=curv.nll_sum)
     with pytest.raises(ValueError, match="nll_sum"):
         laplace_log_evidence(post, nll_sum=float("nan"))
 

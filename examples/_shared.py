@@ -122,16 +122,15 @@ def save_figure(fig: Any, name: str, args: argparse.Namespace) -> Path:
     return out
 
 
-def progress_file(name: str, args: argparse.Namespace, *, fresh: bool = True) -> Path:
-    """``<out>/<name>[_quick]_progress.jsonl``, emptied when ``fresh``: long runs log each finished unit there.
+def progress_file(name: str, args: argparse.Namespace) -> Path:
+    """``<out>/<name>[_quick]_progress.jsonl``, emptied: long runs log each finished unit there.
 
     A run that is cut off (a time limit, a lost machine) keeps what it finished; the final JSON
     and table are written at the end as usual. Append with :func:`append_jsonl`.
     """
     path = Path(args.out) / f"{name}{'_quick' if args.quick else ''}_progress.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        path.write_text("")
+    path.write_text("")
     return path
 
 

@@ -308,26 +308,24 @@ def _check(result: dict[str, Any]) -> None:
     mp = by["MAP (pretrained CNN)"]
     # the pretrained net has (almost certainly) seen these digits: near-perfect held-out accuracy
     assert mp["accuracy"] >= 0.99, mp
-    full = result["config"]["n_ood"] is None
+    # at full size a tie is allowed, the chosen posterior being nearly the MAP (-0.0005 .. +0.003)
+    slack = 0.002 if result["config"]["n_ood"] is None else 0.0
     for label in ("posterior, MC", "posterior, linearized"):
         if label not in by:  # the test size has the MC predictive only
             continue
         r = by[label]
         # in distribution, the posterior keeps the MAP's accuracy (tolerance: one or two digits)
         assert r["accuracy"] >= mp["accuracy"] - 0.01, (r, mp)
-        # out of distribution, it is at least as good at flagging foreign images (at full size:
-        # a tie, the chosen posterior being nearly the MAP; measured -0.0005 .. +0.003)
-        slack = 0.002 if full else 0.0
+        # out of distribution, it is at least as good at flagging foreign images
         assert r["auroc_fashion"] >= mp["auroc_fashion"] - slack, (r, mp)
         assert r["auroc_animal"] >= mp["auroc_animal"] - slack, (r, mp)
-    if full and "control: isotropic N(MAP, 1/p I), MC" in by:
+    if slack and "control: isotropic N(MAP, 1/p I), MC" in by:
         control = by["control: isotropic N(MAP, 1/p I), MC"]  # measured +0.027 / +0.023 over the MAP
         assert control["auroc_fashion"] > mp["auroc_fashion"] + 0.01, (control, mp)
     # the compressed (learned-prior) forms: still no worse than the MAP at flagging foreign images
     for label in ("learned prior (damped NKP), MC", "learned prior (nearest NKP), MC"):
         if label in by:
             nkp = by[label]
-            slack = 0.002 if full else 0.0
             assert nkp["accuracy"] >= 0.97, nkp
             assert nkp["auroc_fashion"] >= mp["auroc_fashion"] - slack, (nkp, mp)
             assert nkp["auroc_animal"] >= mp["auroc_animal"] - slack, (nkp, mp)

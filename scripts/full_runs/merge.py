@@ -31,6 +31,22 @@ def _header(path: Path, note: str) -> None:
     path.write_text("\n".join([f"<!-- {note} -->", *lines[1:]]) + "\n")
 
 
+def _certificates_as(rows: list, name: str, machine: dict, *, plot: bool, note: str) -> None:
+    """Write certificate ``rows`` as ``examples/results/<name>.{json,md[,png]}`` with the header ``note``."""
+    cols = ["data", "prior", "n", "certificate", "gibbs_train", "kl", "posterior", "paper_diag", "test_err",
+            "gibbs_test_err", "test_nll", "seconds"]
+    tmp = RESULTS / f"_{name}"
+    sub = argparse.Namespace(quick=False, out=str(tmp), device="cuda")
+    _shared.save_results("certificates", rows, sub, extra={"config": certificates.CONFIG["full"], "machine": machine},
+                         columns=cols)
+    if plot:
+        certificates._plot(rows, sub)
+    for f in tmp.iterdir():
+        shutil.move(str(f), RESULTS / f"{name}{f.suffix}")
+    tmp.rmdir()
+    _header(RESULTS / f"{name}.md", note)
+
+
 def main() -> None:
     res = Path(sys.argv[1])
     args = argparse.Namespace(quick=False, out=str(RESULTS), device="cuda")
@@ -82,30 +98,16 @@ def main() -> None:
             rows.append(r)
     rows.sort(key=lambda r: ["learned (nearest)", "learned (damped)", "isotropic, learned mean",
                              "isotropic, zero mean"].index(r["prior"]))
-    cols = ["data", "prior", "n", "certificate", "gibbs_train", "kl", "posterior", "paper_diag", "test_err",
-            "gibbs_test_err", "test_nll", "seconds"]
-    sub = argparse.Namespace(quick=False, out=str(RESULTS / "_animal"), device="cuda")
-    _shared.save_results("certificates", rows, sub, extra={"config": certificates.CONFIG["full"], "machine": machine},
-                         columns=cols)
-    certificates._plot(rows, sub)
-    for ext in ("json", "md", "png"):
-        shutil.move(str(RESULTS / "_animal" / f"certificates.{ext}"), RESULTS / f"certificates_animal_full.{ext}")
-    shutil.rmtree(RESULTS / "_animal")
-    _header(RESULTS / "certificates_animal_full.md", f"written by scripts/full_runs/merge.py from the {where}: "
-            "examples/certificates.py full config on Animal-MNIST (all 8,005 training images, 3 epochs, "
-            "100 samples), seed 0")
+    _certificates_as(rows, "certificates_animal_full", machine, plot=True,
+                     note=f"written by scripts/full_runs/merge.py from the {where}: examples/certificates.py full "
+                     "config on Animal-MNIST (all 8,005 training images, 3 epochs, 100 samples), seed 0")
     # Fashion-MNIST, zero-mean prior at n = 60,000 (the other priors: certificates_fashion_n60000, CPU)
     zero = json.loads((res / "cert_F_zero" / "certificates.json").read_text())["rows"]
-    sub.out = str(RESULTS / "_zero")
-    _shared.save_results("certificates", zero, sub, extra={"config": certificates.CONFIG["full"], "machine": machine},
-                         columns=cols)
-    for ext in ("json", "md"):
-        shutil.move(str(RESULTS / "_zero" / f"certificates.{ext}"), RESULTS / f"certificates_fashion_n60000_zero.{ext}")
-    shutil.rmtree(RESULTS / "_zero")
-    _header(RESULTS / "certificates_fashion_n60000_zero.md", f"written by scripts/full_runs/merge.py from the {where}"
-            ": examples/certificates.py full config on Fashion-MNIST, zero-mean prior only (100 samples, the "
-            "estimator's default temperatures; the CPU rows of certificates_fashion_n60000 used 10 samples and "
-            "temperatures 1, 0.3, 0.1), seed 0")
+    _certificates_as(zero, "certificates_fashion_n60000_zero", machine, plot=False,
+                     note=f"written by scripts/full_runs/merge.py from the {where}: examples/certificates.py full "
+                     "config on Fashion-MNIST, zero-mean prior only (100 samples, the estimator's default "
+                     "temperatures; the CPU rows of certificates_fashion_n60000 used 10 samples and temperatures "
+                     "1, 0.3, 0.1), seed 0")
 
     # grid search and progressive networks: one job each, copied
     for job in ("grid", "prog"):

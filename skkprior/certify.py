@@ -140,7 +140,7 @@ def _check_labels(y: Any, X: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point():
         integral = torch.isfinite(t) & (t == t.round())
         if not bool(integral.all()):
-            bad = t[~integral][:3].tolist()
+            bad = "[" + ", ".join(f"{v:.6g}" for v in t[~integral][:3].tolist()) + "]"
             raise ValueError(error_message("y", "integer class labels 0 .. C-1 (floats only when integral)",
                                            f"non-integral values such as {bad}",
                                            "Encode the labels as class indices, e.g. with "

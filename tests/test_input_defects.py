@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import logging
 import math
 
 import numpy as np
@@ -22,7 +21,13 @@ from skkprior.certify import certify
 from skkprior.curvature import kfac
 from skkprior.estimators import KroneckerPriorClassifier, PACBayesBoundEstimator
 from skkprior.gaussian import LayerwiseGaussian
-from skkprior.laplace import KroneckerPosterior, KroneckerPrior, isotropic_prior, learn_prior, posterior
+from skkprior.laplace import (
+    KroneckerPosterior,
+    KroneckerPrior,
+    isotropic_prior,
+    learn_prior,
+    posterior,
+)
 from skkprior.progressive import ProgressivePriorClassifier
 
 # tiny, fast settings (these tests check errors and round trips, not accuracy)
@@ -215,7 +220,7 @@ def test_broken_prior_files_are_refused_at_load(fitted, tmp_path, edit, match):
 
 
 def test_broken_posterior_files_are_refused_at_load(fitted):
-    _, _, _, source, post = fitted
+    post = fitted[4]
 
     def nan_eigenvalue(s):
         s["groups"][0]["precision"]["D_G"][0] = float("nan")
@@ -372,12 +377,11 @@ def test_pac_bayes_estimator_certify_delta(iris):
 
 def test_certify_validates_labels(small_posterior):
     net, post, X, y = small_posterior
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     # before: 0.7 was truncated to class 0 and the certificate computed on the wrong labels
     with pytest.raises(ValueError, match=r"y must be integer class labels .* non-integral values such as \[0.7"):
         certify(net, post, X, torch.full((40,), 0.7))
-    as_float = certify(net, post, X, y.double(), generator=gen())  # integral floats are labels
-    assert as_float.n_errors == certify(net, post, X, y, generator=gen()).n_errors
+    as_float = certify(net, post, X, y.double(), generator=torch.Generator().manual_seed(0))  # integral floats are labels
+    assert as_float.n_errors == certify(net, post, X, y, generator=torch.Generator().manual_seed(0)).n_errors
     with pytest.raises(ValueError, match=r"y must be a 1-D array of 40 labels"):
         certify(net, post, X, y[:10])
     with pytest.raises(ValueError, match=r"y must be a 1-D array of 40 labels"):

@@ -6,8 +6,9 @@ samples, to fit the test suite's CPU budget); the examples assert their own clai
 tests assert them again with thresholds measured on exactly this configuration (numbers below
 and in each example's docstring). Everything is seeded, so a run is deterministic up to
 floating-point rounding; the margins are several times the spread measured across seeds.
-The MNIST prior of ``few_shot_transfer`` is cached in ``<data home>/priors`` after its first
-computation (about 30 s per prior on one CPU thread).
+The MNIST priors of ``few_shot_transfer`` are cached after their first computation (about 30 s
+per prior on one CPU thread) in the session's temporary cache folder (``$SKKPRIOR_CACHE``, see
+the repository's ``conftest.py``), so the other example tests reuse them.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+# real data and the pretrained network: skipped when they are missing (see conftest.py)
+pytestmark = pytest.mark.data
+
 
 def _example(name: str):
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     pytest.importorskip("skorch")
-    try:
-        from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
-
-        load_mnist(), load_fashion_mnist(), load_animal_mnist(), pretrained_mnist_cnn()
-    except FileNotFoundError as exc:  # pragma: no cover - the README's test command fetches the data
-        pytest.skip(f"offline data missing: {exc}")
     return importlib.import_module(name)
 
 

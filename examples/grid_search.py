@@ -50,7 +50,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _shared import mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
-
 from skkprior import MLP, KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402

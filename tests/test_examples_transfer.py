@@ -48,11 +48,16 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
     # the pretrained network has (almost certainly) seen these digits
     assert mp["accuracy"] >= 0.99
     assert post["accuracy"] >= mp["accuracy"] - 0.01
-    # OOD: the posterior's max-probability AUROC is at least the MAP network's (measured at
-    # this size, seeds 0 / 1 / 2: Fashion 0.942 -> 0.967, 0.936 -> 0.958, 0.934 -> 0.964;
-    # Animal 0.947 -> 0.962, 0.969 -> 0.985, 0.963 -> 0.978: a gain of 0.015 or more each time)
-    assert post["auroc_fashion"] >= mp["auroc_fashion"]
-    assert post["auroc_animal"] >= mp["auroc_animal"]
+    # OOD: the posterior's max-probability AUROC is at least the MAP network's, up to the measured
+    # spread. Measured at this size, seeds 0 / 1 / 2, each on four CPU paths (default AVX-512, AVX2,
+    # ATen default + MKL SSE4.2, 2 threads; table in the example's docstring): the gain over the MAP
+    # has mean +0.015, sd 0.014, min -0.006 (seed 0, AVX2 path: Animal 0.9470 -> 0.9413), max +0.046;
+    # the posterior's Monte-Carlo draws, hence its chosen scales, differ between paths. Margin:
+    # AUROC_SLACK_SMALL = 0.02, the mean minus 2.5 sd (pinned here, so widening it needs a new measurement).
+    slack = example.AUROC_SLACK_SMALL
+    assert slack == 0.02
+    assert post["auroc_fashion"] >= mp["auroc_fashion"] - slack
+    assert post["auroc_animal"] >= mp["auroc_animal"] - slack
     # the scales were chosen on validation digits only, inside the NLL tolerance
     chosen = result["chosen"]["mc"]
     assert chosen["nll"] <= result["validation"]["map"]["nll"] + example.NLL_TOLERANCE

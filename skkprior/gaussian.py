@@ -73,8 +73,8 @@ class IsotropicPrecision:
     Examples
     --------
     >>> p = IsotropicPrecision(4.0, 3)
-    >>> float(p.logdet()), p.to_dense().shape
-    (4.1588830833596715, torch.Size([3, 3]))
+    >>> round(float(p.logdet()), 6), p.to_dense().shape   # 3 log 4
+    (4.158883, torch.Size([3, 3]))
     """
 
     __slots__ = ("value", "size")
@@ -346,8 +346,8 @@ class LayerwiseGaussian:
     >>> samples = q.sample(5, generator=torch.Generator().manual_seed(0))
     >>> samples["0.weight"].shape
     torch.Size([5, 4, 3])
-    >>> float(q.kl(q).total)
-    0.0
+    >>> abs(float(q.kl(q).total)) < 1e-9   # zero up to rounding
+    True
     >>> float(q.kl(p).total) > 0
     True
     """

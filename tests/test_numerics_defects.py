@@ -111,3 +111,111 @@ def test_pac_bayes_estimator_skips_overflowing_candidates(iris):
     assert np.isfinite(est.predict_proba(X)).all()
     with pytest.raises(ValueError, match="temperatures"):
         PACBayesBoundEstimator(max_epochs=2, random_state=0, temperatures=(1e300,)).fit(X, y)
+
+
+# -- class 3: the PSD projection's tolerance follows the dtype and the accumulation ---------------------
+from skkprior.kron import Kron  # noqa: E402
+from skkprior.laplace import _symmetrized  # noqa: E402
+from skkprior.testing import high_precision_inverse, high_precision_logdet, random_spd  # noqa: E402
+from skkprior.tuning import LN2, PACBayesObjective, _bound_from_risk  # noqa: E402
+
+DT = torch.float64
+
+
+def _dense_kl(mean_q, prec_q, mean_p, prec_p):
+    """KL(N(mean_q, prec_q^-1) || N(mean_p, prec_p^-1)) from dense matrices, the inverse and the
+    log-determinant in 50-digit arithmetic (the posterior precision has condition 1e10)."""
+    d = mean_q.numel()
+    diff = (mean_q - mean_p).reshape(-1)
+    trace = torch.trace(high_precision_inverse(prec_q) @ prec_p)
+    return 0.5 * (trace + diff @ prec_p @ diff - d + high_precision_logdet(prec_q) - high_precision_logdet(prec_p))
+
+
+@pytest.fixture(scope="module")
+def ill_conditioned():
+    """A float64 layer curvature of condition 1e12 (factors 1e8 and 1e4) and its posterior."""
+    gen = torch.Generator().manual_seed(1)
+    net = nn.Sequential(nn.Linear(7, 5)).double()
+    F = Kron(random_spd(5, cond=1e8, generator=gen), random_spd(8, cond=1e4, generator=gen))
+    wd = 1e-10
+    post = posterior(isotropic_prior(net, weight_decay=wd), {"0": F}, net)
+    mean = torch.cat([net[0].weight.detach(), net[0].bias.detach()[:, None]], 1)
+    prec_p = wd * torch.eye(40, dtype=DT)
+    return post, F, mean, prec_p
+
+
+def test_float64_factor_keeps_its_small_eigenvalues_kl_exact(ill_conditioned):
+    post, F, mean, prec_p = ill_conditioned
+    dense = _dense_kl(mean, F.to_dense() + prec_p, torch.zeros_like(mean), prec_p)
+    ours = post.kl_to_prior().total
+    # ours: float64 eigensolves of factors of condition 1e8, about 1e-16 * 1e8 relative in the
+    # smallest eigenvalues; the old float32-level cut (size eps_32 max = 6e-7 max) zeroed the
+    # output factor's eigenvalue 1e-8 and gave a KL far too low
+    assert float(ours) == pytest.approx(float(dense), rel=1e-7)
+    (f_g, _), (f_a, _) = _symmetrized(F)[1]
+    assert bool((f_g > 0).all()) and bool((f_a > 0).all())
+
+
+def test_pac_bayes_objective_at_fixed_scales_equals_dense(ill_conditioned):
+    post, F, mean, prec_p = ill_conditioned
+    n, nll_sum = 100, 12.5
+    obj = PACBayesObjective(post, nll_sum=nll_sum, n=n, bound="catoni")
+    zeros = {k: torch.zeros((), dtype=DT) for k in ("prior_scale", "likelihood_scale", "temperature")}
+    prec_q = F.to_dense() + prec_p
+    kl = _dense_kl(mean, prec_q, torch.zeros_like(mean), prec_p)
+    risk = (nll_sum + 0.5 * torch.trace(high_precision_inverse(prec_q) @ F.to_dense())) / (n * LN2)
+    dense = _bound_from_risk(risk, kl, n, 0.025, "catoni", torch.zeros((), dtype=DT))
+    assert float(obj(zeros)) == pytest.approx(float(dense), rel=1e-7)
+
+
+def test_float32_accumulated_cnn_sized_factor_keeps_real_small_eigenvalues():
+    """A 1569 x 1569 input factor (a 1568-input dense layer, as in a small CNN) summed in float32
+    from 2048 ReLU activations with a decaying spectrum: the projection keeps every eigenvalue that a
+    float64 summation of the same data puts above the rounding bound, and agrees with it there."""
+    gen = torch.Generator().manual_seed(0)
+    m_in, N = 1568, 2048
+    q, _ = torch.linalg.qr(torch.randn(m_in, m_in, generator=gen, dtype=DT))
+    H = (torch.randn(N, m_in, generator=gen, dtype=DT) * torch.logspace(0, -4, m_in, dtype=DT)) @ q.T
+    H = torch.relu(H / H.abs().max()).float()  # non-negative, like ReLU features
+    net32 = nn.Linear(m_in, 4)
+    net64 = nn.Linear(m_in, 4).double()
+    net64.load_state_dict({k: v.double() for k, v in net32.state_dict().items()})
+    y = torch.randint(0, 4, (N,), generator=gen)
+    c32 = kfac(net32, H, y, fisher="exact", progress=False)
+    c64 = kfac(net64, H.double(), y, fisher="exact", progress=False)
+
+    def projected(curv, net):  # the posterior's input-factor spectrum (prior A factor = identity)
+        return posterior(isotropic_prior(net, weight_decay=1.0), curv, net).groups[""].precision.D_A
+
+    A32 = c32.factors[""].A
+    f32, f64 = projected(c32, net32), torch.linalg.eigvalsh(c64.factors[""].A)
+    # the rounding bound of a float32 sum of chains of k = 4 batches x (256 columns + 1) terms
+    u, k, diag = 2.0 ** -24, 4 * (256 + 1), A32.diagonal()
+    tol = 4 * math.sqrt(k) * u * math.sqrt(float(diag.max()) * float(diag.sum())) + 1569 * 2.0 ** -52 * float(f64.max())
+    kept = f32 > 0
+    # what is kept is real: within the rounding bound of the float64 summation's eigenvalues
+    assert float((f32[kept] - f64[kept]).abs().max()) <= tol
+    # everything real beyond twice the bound is kept
+    assert bool(kept[f64 > 2 * tol].all())
+    old_tol = 1569 * torch.finfo(torch.float32).eps * float(f64.max())
+    assert int(kept.sum()) > 1.3 * int((f64 > old_tol).sum())
+    # float64 summation: a float64-level bound, every eigenvalue of this full-rank factor kept
+    assert int((projected(c64, net64) > 0).sum()) == 1569
+
+
+def test_rank_deficient_float32_factors_still_project_to_zero():
+    """The head's output factor has the softmax null direction (sum of the logit gradients is
+    zero); summed in float32 it comes out as +-1e-7 relative noise: projected to zero, no error."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 5))
+    X = torch.randn(500, 6)
+    curv = kfac(net, X, torch.randint(0, 5, (500,)), fisher="exact", progress=False)
+    F = curv.factors["2"]
+    raw = torch.linalg.eigvalsh(F.G)
+    assert float(raw.abs().min()) < 1e-5 * float(raw.max())       # the null direction, as noise
+    (f_g, V_g), _ = _symmetrized(F, getattr(curv, "rounding", {}).get("2"))[1]
+    assert int((f_g == 0).sum()) == 1
+    ones = torch.ones(5, dtype=DT) / math.sqrt(5)
+    assert float((V_g[:, f_g == 0].T @ ones).abs().max()) == pytest.approx(1.0, abs=1e-6)
+    post = posterior(isotropic_prior(net, weight_decay=1.0), curv, net)
+    assert math.isfinite(float(post.kl_to_prior().total))

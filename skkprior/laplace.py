@@ -223,6 +223,11 @@ class KroneckerPosterior(LayerwiseGaussian):
         Frobenius-nearest single Kronecker product (exact Gram route by default); the relative
         Frobenius error per layer is stored in ``metadata["nkp_error"]`` and logged.
         Isotropic groups stay isotropic. The temperature is folded into the precision.
+        The factors are positive definite: eigenvalues at the float64 rounding level of the
+        compression (``4 size eps max``) are raised to that level (an ill-conditioned
+        curvature, condition ~1e10 and beyond, otherwise gave an indefinite prior that only the
+        next task's Cholesky noticed); a negative eigenvalue beyond it raises a ``ValueError``
+        here (see ``_positive_definite_nearest``).
         """
         groups = []
         errors: dict[str, float] = {}
@@ -232,7 +237,7 @@ class KroneckerPosterior(LayerwiseGaussian):
                 F, P = g.terms
                 total = KronSum([F, P], [float(self.likelihood_scale[name]) / tau,
                                          float(self.prior_scale[name]) / tau])
-                prec = total.nearest(method=method)
+                prec = _positive_definite_nearest(total, method, name)
                 errors[name] = float(total.nearest_error())
             elif isinstance(g.precision, Kron):
                 prec = g.precision * (1.0 / tau)
@@ -346,6 +351,43 @@ def _symmetrized(F: Kron, accumulation: Mapping[str, Accumulation] | None = None
     G, eigh_g = _psd_factor(F.G, acc.get("G"), name="the output factor G of a curvature")
     A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature")
     return Kron(G, A), (eigh_g, eigh_a)
+
+
+def _positive_definite_nearest(total: KronSum, method: str, name: str) -> Kron:
+    r"""The Frobenius-nearest Kronecker product of a sum of positive (semi-)definite terms with
+    positive weights, with factors that are positive definite in float64.
+
+    In exact arithmetic the optimal factors of such a sum are positive semi-definite (the
+    leading singular vectors of the rearrangement are non-negative combinations of the terms'
+    factors) and positive definite when one term is. In float64 a factor is known only to
+    ``tol = 4 size eps_64 max|lambda|`` in each eigenvalue (the rounding of the rearrangement's QR
+    and SVD and of the reconstruction, with the rank tolerance ``size eps max`` of
+    ``numpy.linalg.matrix_rank``, times a safety factor): when the curvature's condition
+    reaches about 1e10, an exact smallest eigenvalue of ``1e-20 max`` (a weak prior on the
+    softmax's null direction, say) comes out as ``+-1e-17 max``, an indefinite prior that only
+    the next task's Cholesky would notice. Eigenvalues below ``tol`` are therefore raised to
+    ``tol``: a change of at most ``tol`` in every eigenvalue, within the rounding of the
+    computed factor, and the nearest matrix (spectral and Frobenius norm) with eigenvalues
+    ``>= tol``. An eigenvalue below ``-tol`` cannot come from rounding and raises.
+    """
+    nearest = total.nearest(method=method)
+    factors = []
+    for M, which in ((nearest.G, "G (output factor)"), (nearest.A, "A (input factor)")):
+        M = (M + M.mT) / 2
+        f, V = torch.linalg.eigh(M)
+        tol = 4.0 * M.shape[0] * torch.finfo(torch.float64).eps * float(f.abs().max())
+        if float(f.min()) < -tol:
+            raise ValueError(error_message(
+                f"the compressed prior precision of layer '{name}', factor {which}",
+                "positive definite (the nearest Kronecker product of positive semi-definite terms)",
+                f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g}, rounding "
+                f"bound {tol:.3g})",
+                "A term of the sum is not positive semi-definite; check the curvature and the prior."))
+        if float(f.min()) < tol:
+            M = (V * f.clamp_min(tol)) @ V.mT
+            M = (M + M.mT) / 2
+        factors.append(M)
+    return Kron(*factors)
 
 
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
@@ -514,7 +556,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         if compression == "nearest":
-            prec = total.nearest(method=nkp_method)
+            prec = _positive_definite_nearest(total, nkp_method, name)
             errors[name] = float(total.nearest_error())
         else:
             prec = damped_kron(F, beta0, alpha0 * wd)

@@ -219,3 +219,42 @@ def test_rank_deficient_float32_factors_still_project_to_zero():
     assert float((V_g[:, f_g == 0].T @ ones).abs().max()) == pytest.approx(1.0, abs=1e-6)
     post = posterior(isotropic_prior(net, weight_decay=1.0), curv, net)
     assert math.isfinite(float(post.kl_to_prior().total))
+
+
+# -- class 5: as_prior returns a positive definite prior, also at curvature condition 1e10 - 1e12 ------
+from skkprior.testing import random_psd  # noqa: E402
+
+
+@pytest.mark.parametrize("seed, cond", [(1, 1e12), (4, 1e10), (5, 1e10), (7, 1e10), (4, 1e12)])
+def test_as_prior_is_positive_definite_and_the_next_task_works(seed, cond):
+    """A curvature with the softmax-like null direction in G and an input factor of condition
+    ``cond``, under a weak Kronecker prior (condition ``cond`` too): the exact NKP factor G has
+    a smallest eigenvalue near 1e-20 of its largest, which float64 returned as +-1e-17 (an
+    indefinite prior; the next task's Cholesky failed)."""
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(nn.Linear(7, 5)).double()
+    F = Kron(random_psd(5, 4, generator=gen, scale=1e3), random_spd(8, cond=cond, generator=gen))
+    prior0 = isotropic_prior(net, weight_decay=1.0)
+    P = Kron(1e-10 * random_spd(5, cond=cond, generator=gen), random_spd(8, cond=cond, generator=gen))
+    prior0.groups["0"].precision = P
+    post = posterior(prior0, {"0": F}, net, prior_scale=0.5, likelihood_scale=2.0)
+    nxt = post.as_prior()
+    K = nxt.groups["0"].precision
+    for M in (K.G, K.A):
+        assert float(torch.linalg.eigvalsh((M + M.T) / 2).min()) > 0
+        assert int(torch.linalg.cholesky_ex(M).info) == 0
+        assert torch.equal(M, M.T)
+    # dense rebuild of the nearest Kronecker product (Van Loan-Pitsianis on the dense rearrangement)
+    total = 2.0 * F.to_dense() + 0.5 * P.to_dense()
+    R = total.reshape(5, 8, 5, 8).permute(0, 2, 1, 3).reshape(25, 64)
+    U, S, Vh = torch.linalg.svd(R)
+    dense_nkp = torch.kron((S[0].sqrt() * U[:, 0]).reshape(5, 5), (S[0].sqrt() * Vh[0]).reshape(8, 8))
+    dense_nkp = dense_nkp * torch.sign(torch.trace(dense_nkp))
+    # float64 rounding of both routes: a few eps times the sizes, relative to the norm
+    assert float(torch.linalg.norm(K.to_dense() - dense_nkp) / torch.linalg.norm(dense_nkp)) < 1e-12
+    err = float(torch.linalg.norm(total - dense_nkp) / torch.linalg.norm(total))
+    assert nxt.metadata["nkp_error"]["0"] == pytest.approx(err, rel=1e-6, abs=1e-12)
+    # the next task: a posterior on the compressed prior, its KL finite and non-negative
+    nxt_post = posterior(nxt, {"0": F}, net)
+    kl = float(nxt_post.kl_to_prior().total)
+    assert math.isfinite(kl) and kl >= 0

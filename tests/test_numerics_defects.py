@@ -12,8 +12,7 @@ from torch import nn
 
 from skkprior.curvature import kfac
 from skkprior.laplace import isotropic_prior, posterior
-from skkprior.predictive import (gibbs_error_count, gibbs_predict, predict_proba_linearized,
-                                 predict_proba_mc)
+from skkprior.predictive import gibbs_error_count, gibbs_predict, predict_proba_linearized, predict_proba_mc
 from skkprior.tuning import tune_validation
 
 torch.set_num_threads(1)

@@ -37,8 +37,9 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ._validation import check_square, error_message
+from .precision import InverseFactors, Precision, TwoTermPrecision, _project_kron
 
-__all__ = ["Kron", "KronDecomposed", "KronSum"]
+__all__ = ["Kron", "KronDecomposed", "KronSum", "psd_projected"]
 
 _Number = float | int
 _Weight = float | torch.Tensor
@@ -118,7 +119,7 @@ def _check_scalar(value: Any, name: str) -> None:
         raise ValueError(error_message(name, "a finite real number", value))
 
 
-class Kron:
+class Kron(Precision):
     r"""The Kronecker product ``G (x) A`` of an output factor and an input factor.
 
     Parameters
@@ -150,7 +151,8 @@ class Kron:
     True
     """
 
-    __slots__ = ("G", "A")
+    kind = "kron"
+    __slots__ = ("G", "A", "_cache")
 
     def __init__(self, G: torch.Tensor, A: torch.Tensor) -> None:
         G = check_square(G, "G (output factor of Kron)")
@@ -163,6 +165,7 @@ class Kron:
             )
         self.G = G
         self.A = A
+        self._cache: dict[str, Any] = {}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -199,9 +202,8 @@ class Kron:
         return self.A.shape[0]
 
     @property
-    def shape(self) -> tuple[int, int]:
-        d = self.n * self.m
-        return (d, d)
+    def dim(self) -> int:
+        return self.n * self.m
 
     @property
     def dtype(self) -> torch.dtype:
@@ -247,8 +249,25 @@ class Kron:
         return self.G.to(X.dtype) @ X @ self.A.to(X.dtype).mT
 
     def quadratic(self, X: torch.Tensor) -> torch.Tensor:
-        """``vec(X)^T (G (x) A) vec(X) = tr(X^T G X A^T)`` for ``X`` of shape ``(..., n, m)``."""
+        """``vec(X)^T (G (x) A) vec(X) = tr(X^T G X A^T)`` for ``X`` of shape ``(..., n, m)``.
+
+        Computed in the dtype of ``X``; ``O(n m)`` when both factors are diagonal (isotropic priors).
+        """
+        diag = self._diagonals()
+        if diag is not None:
+            dg, da = diag
+            _check_matrix_operand(X, self.n, self.m, "X")
+            return (X * X * torch.outer(dg, da).to(X.dtype)).sum(dim=(-2, -1))
         return (X * self.matmul(X)).sum(dim=(-2, -1))
+
+    def _diagonals(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The diagonals of both factors when both are diagonal (cached), else None."""
+        if "diagonals" not in self._cache:
+            G, A = self.G, self.A
+            is_diag = bool(torch.count_nonzero(G - torch.diag(torch.diagonal(G))) == 0) and bool(
+                torch.count_nonzero(A - torch.diag(torch.diagonal(A))) == 0)
+            self._cache["diagonals"] = (torch.diagonal(G).clone(), torch.diagonal(A).clone()) if is_diag else None
+        return self._cache["diagonals"]
 
     def trace(self) -> torch.Tensor:
         """``tr(G) tr(A)``."""
@@ -321,6 +340,46 @@ class Kron:
     def frobenius_norm(self) -> torch.Tensor:
         """``||G (x) A||_F = ||G||_F ||A||_F``."""
         return torch.linalg.matrix_norm(self.G) * torch.linalg.matrix_norm(self.A)
+
+    # -- the precision protocol (skkprior.precision) -----------------------------------------
+    def inverse_factors(self) -> InverseFactors:
+        """``(L_G, L_A, 1)`` with ``L L^T`` the factors' inverses (:meth:`sqrt_inverse`, cached)."""
+        if "root" not in self._cache:
+            root = self.sqrt_inverse()
+            self._cache["root"] = InverseFactors(root.G, root.A, torch.ones((), dtype=torch.float64,
+                                                                            device=self.device))
+        return self._cache["root"]
+
+    def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+        """``diag((L (x) R)^T (G (x) A) (L (x) R)) = diag(L^T G L) diag(R^T A R)^T``."""
+        return _project_kron(self.G, self.A, left, right)
+
+    def scaled(self, factor: _Number | torch.Tensor) -> "Kron":
+        """``factor * (G (x) A)`` (same as ``self * factor``)."""
+        return self * factor
+
+    def state(self) -> dict[str, Any]:
+        return {"type": self.kind, "G": self.G, "A": self.A}
+
+    @classmethod
+    def from_state(cls, state: Any) -> "Kron":
+        return cls(state["G"], state["A"])
+
+    def posterior_with(self, prior: Precision) -> tuple["KronDecomposed", tuple[Precision, Precision]]:
+        """The exact two-term precision ``F + P`` of this curvature ``F`` and a prior precision ``P``.
+
+        The curvature is projected onto the positive semi-definite cone first (rounding noise
+        only, :func:`psd_projected`); an isotropic prior becomes ``(v I) (x) I``. Returns the
+        decomposition and its two terms ``(F, P)``.
+        """
+        as_kron = getattr(prior, "as_kron", None)
+        P = as_kron(self.n, self.m) if as_kron is not None else prior
+        if not isinstance(P, Kron):
+            raise ValueError(error_message("the prior precision of a Kronecker curvature",
+                                           "one Kronecker product (or isotropic)", type(prior).__name__,
+                                           "Compress the prior with as_prior(), or use a diagonal curvature."))
+        F, spectra = psd_projected(self.to(device=P.device, dtype=torch.float64))
+        return KronDecomposed.from_terms(F, P, beta=1.0, alpha=1.0, first_eigh=spectra), (F, P)
 
     def __mul__(self, scalar: _Number | torch.Tensor) -> "Kron":
         """Scaling: ``c (G (x) A) = (c G) (x) A``.
@@ -713,6 +772,34 @@ class KronSum:
         )
 
 
+def _psd_factor(M: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The projected factor and its eigendecomposition ``(f, V)`` (``f >= 0``)."""
+    f, V = torch.linalg.eigh((M + M.mT) / 2)
+    tol = max(M.shape[0], 1) * torch.finfo(torch.float32).eps * float(f.abs().max())
+    if float(f.min()) < -tol:
+        raise ValueError(error_message("a curvature factor", "positive semi-definite",
+                                       f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g})",
+                                       "The curvature is broken; recompute it (check for non-finite data)."))
+    f = torch.where(f <= tol, torch.zeros_like(f), f)
+    return (V * f) @ V.mT, (f, V)
+
+
+def psd_projected(F: Kron) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
+
+    K-FAC factors are positive semi-definite by construction, but they are accumulated from
+    float32 products, so they are symmetric only to rounding and their zero eigenvalues (e.g.
+    the softmax's null direction in a head's output factor) come out as +-1e-7 relative.
+    Eigenvalues at that level (``size * eps_float32 * max``) are set to exactly zero: a
+    projection of rounding noise onto the cone the factor belongs to, not damping. A negative
+    eigenvalue beyond it raises. Returns the factors and their eigendecompositions (for
+    :meth:`KronDecomposed.from_terms`, which then needs one ``eigh`` fewer per factor).
+    """
+    G, eigh_g = _psd_factor(F.G.to(torch.float64))
+    A, eigh_a = _psd_factor(F.A.to(torch.float64))
+    return Kron(G, A), (eigh_g, eigh_a)
+
+
 def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str,
                first_eigh: tuple[torch.Tensor, torch.Tensor] | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -816,7 +903,7 @@ def _zero_noise(eigenvalues: torch.Tensor) -> torch.Tensor:
     return torch.where(eigenvalues.abs() <= tol, torch.zeros_like(eigenvalues), eigenvalues)
 
 
-class KronDecomposed:
+class KronDecomposed(TwoTermPrecision):
     r"""Exact form of ``beta (G_1 (x) A_1) + alpha (G_2 (x) A_2)``, second term positive definite.
 
     With ``T_A^T A_1 T_A = diag(D_A)``, ``T_A^T A_2 T_A = I`` (likewise for ``G``)
@@ -865,6 +952,8 @@ class KronDecomposed:
     >>> torch.allclose(S.with_weights(beta=2.0).to_dense(), 2 * F.to_dense() + 0.1 * torch.eye(6, dtype=torch.float64))
     True
     """
+
+    kind = "decomposed"
 
     def __init__(self, T_G: torch.Tensor, T_G_inv: torch.Tensor, D_G: torch.Tensor,
                  T_A: torch.Tensor, T_A_inv: torch.Tensor, D_A: torch.Tensor,
@@ -982,9 +1071,8 @@ class KronDecomposed:
         return self.T_A.shape[0]
 
     @property
-    def shape(self) -> tuple[int, int]:
-        d = self.n * self.m
-        return (d, d)
+    def dim(self) -> int:
+        return self.n * self.m
 
     @property
     def device(self) -> torch.device:
@@ -1173,3 +1261,42 @@ class KronDecomposed:
         """
         _check_matrix_operand(Z, self.n, self.m, "Z")
         return self.T_G @ (Z.to(torch.float64) * self._inverse_eigenvalues().sqrt()) @ self.T_A.T
+
+    # -- the precision protocol (skkprior.precision) -----------------------------------------
+    def inverse_factors(self) -> InverseFactors:
+        """``(T_G, T_A, 1 / Lambda)``."""
+        return InverseFactors(self.T_G, self.T_A, self._inverse_eigenvalues())
+
+    def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+        """``((M_G o M_G)^T Lambda (M_A o M_A))`` with ``M_G = T_G^-1 L``, ``M_A = T_A^-1 R``."""
+        MG = self.T_G_inv if left is None else self.T_G_inv @ left.to(torch.float64)
+        MA = self.T_A_inv if right is None else self.T_A_inv @ right.to(torch.float64)
+        return (MG * MG).T @ self.eigenvalues() @ (MA * MA)
+
+    def whitened_curvature(self) -> torch.Tensor:
+        """``D_G D_A^T``, the curvature's eigenvalues in the prior's metric."""
+        return torch.outer(self.D_G, self.D_A)
+
+    def log_eigenvalue_sum(self) -> torch.Tensor:
+        return self._weight_sums()[0]
+
+    def trace_term(self, term: int) -> torch.Tensor:
+        return self.trace_product(term=term)
+
+    def compress(self, terms: tuple[Precision, Precision], beta: float, alpha: float, *,
+                 method: Literal["gram", "power"] = "gram") -> tuple["Kron", float]:
+        """The Frobenius-nearest single Kronecker product of ``beta F + alpha P`` (``method`` of
+        :meth:`KronSum.nearest`) and its relative Frobenius error."""
+        total = KronSum(list(terms), [beta, alpha])
+        return total.nearest(method=method), float(total.nearest_error())
+
+    def state(self) -> dict[str, Any]:
+        return {"type": self.kind, "T_G": self.T_G, "T_G_inv": self.T_G_inv, "D_G": self.D_G,
+                "T_A": self.T_A, "T_A_inv": self.T_A_inv, "D_A": self.D_A, "beta": float(self.beta),
+                "alpha": float(self.alpha), "logdet_second": self.logdet_second}
+
+    @classmethod
+    def from_state(cls, state: Any) -> "KronDecomposed":
+        return cls(state["T_G"], state["T_G_inv"], state["D_G"], state["T_A"], state["T_A_inv"], state["D_A"],
+                   beta=float(state["beta"]), alpha=float(state["alpha"]),
+                   logdet_second=state["logdet_second"])

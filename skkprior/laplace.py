@@ -32,7 +32,7 @@ from torch import nn
 from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
 from ._validation import check_positive, error_message
 from .gaussian import GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
-from .kron import Kron, KronDecomposed, KronSum
+from .kron import Kron, KronSum, psd_projected
 
 __all__ = [
     "KroneckerPosterior",
@@ -103,7 +103,7 @@ class KroneckerPrior(LayerwiseGaussian):
         f = check_positive(factor, "factor")
         groups = []
         for g in self:
-            prec = g.precision.scaled(f) if isinstance(g.precision, IsotropicPrecision) else g.precision * f
+            prec = g.precision.scaled(f)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
                                         prec, g.temperature))
         return self._new(groups, prior_scale_factor=f * float(self.metadata.get("prior_scale_factor", 1.0)))
@@ -206,9 +206,9 @@ class KroneckerPosterior(LayerwiseGaussian):
         groups = []
         for name, g in self.groups.items():
             prior_group = self.prior.groups[name]
-            if isinstance(g.precision, KronDecomposed):
+            if g.terms is not None:  # a two-term posterior: curvature and prior term
                 prec = g.precision.with_weights(beta=beta[name], alpha=alpha[name])
-            else:
+            else:  # no curvature: the prior's precision, scaled
                 prec = prior_group.precision.scaled(alpha[name])
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
                                         prec, tau[name], g.terms))
@@ -219,25 +219,25 @@ class KroneckerPosterior(LayerwiseGaussian):
     def as_prior(self, *, method: Literal["gram", "power"] = "gram") -> KroneckerPrior:
         """This posterior as the prior of the next task.
 
-        The precision ``(beta F + alpha P) / tau`` of each layer is compressed to the
-        Frobenius-nearest single Kronecker product (exact Gram route by default); the relative
-        Frobenius error per layer is stored in ``metadata["nkp_error"]`` and logged.
-        Isotropic groups stay isotropic. The temperature is folded into the precision.
+        The precision ``(beta F + alpha P) / tau`` of each layer is compressed to one
+        precision of the prior family (:meth:`~skkprior.precision.TwoTermPrecision.compress`:
+        for Kronecker posteriors the Frobenius-nearest single Kronecker product, exact Gram
+        route; a diagonal posterior stays exact); the relative Frobenius error per layer is
+        stored in ``metadata["nkp_error"]`` and logged. Groups without curvature keep their
+        precision type. The temperature is folded into the precision.
         """
+        if method not in ("gram", "power"):
+            raise ValueError(error_message("method of as_prior", "'gram' or 'power'", method))
         groups = []
         errors: dict[str, float] = {}
         for name, g in self.groups.items():
             tau = float(g.temperature)
-            if isinstance(g.precision, KronDecomposed):
-                F, P = g.terms
-                total = KronSum([F, P], [float(self.likelihood_scale[name]) / tau,
-                                         float(self.prior_scale[name]) / tau])
-                prec = total.nearest(method=method)
-                errors[name] = float(total.nearest_error())
-            elif isinstance(g.precision, Kron):
-                prec = g.precision * (1.0 / tau)
+            if g.terms is not None:
+                prec, errors[name] = g.precision.compress(
+                    g.terms, float(self.likelihood_scale[name]) / tau, float(self.prior_scale[name]) / tau,
+                    method=method)
             else:
-                prec = IsotropicPrecision(float(g.precision.value) / tau, g.precision.size)
+                prec = g.precision.scaled(1.0 / tau)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer,
                                         g.mean.detach().clone(), prec, 1.0))
         if errors:
@@ -261,34 +261,6 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
         for k, v in out.items():
             check_positive(float(v.detach()) if isinstance(v, torch.Tensor) else v, f"{name} of group '{k}'")
     return out
-
-
-def _psd_factor(M: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """The projected factor and its eigendecomposition ``(f, V)`` (``f >= 0``)."""
-    f, V = torch.linalg.eigh((M + M.mT) / 2)
-    tol = max(M.shape[0], 1) * torch.finfo(torch.float32).eps * float(f.abs().max())
-    if float(f.min()) < -tol:
-        raise ValueError(error_message("a curvature factor", "positive semi-definite",
-                                       f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g})",
-                                       "The curvature is broken; recompute it (check for non-finite data)."))
-    f = torch.where(f <= tol, torch.zeros_like(f), f)
-    return (V * f) @ V.mT, (f, V)
-
-
-def _symmetrized(F: Kron) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
-    """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
-
-    K-FAC factors are positive semi-definite by construction, but they are accumulated from
-    float32 products, so they are symmetric only to rounding and their zero eigenvalues (e.g.
-    the softmax's null direction in a head's output factor) come out as +-1e-7 relative.
-    Eigenvalues at that level (``size * eps_float32 * max``) are set to exactly zero: a
-    projection of rounding noise onto the cone the factor belongs to, not damping. A negative
-    eigenvalue beyond it raises. Returns the factors and their eigendecompositions (for
-    :meth:`KronDecomposed.from_terms`, which then needs one ``eigh`` fewer per factor).
-    """
-    G, eigh_g = _psd_factor(F.G.to(torch.float64))
-    A, eigh_a = _psd_factor(F.A.to(torch.float64))
-    return Kron(G, A), (eigh_g, eigh_a)
 
 
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
@@ -453,7 +425,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
-        F, _ = _symmetrized(factors[name].to(torch.float64))
+        F, _ = psd_projected(factors[name].to(torch.float64))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         if compression == "nearest":
@@ -532,16 +504,13 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
                                                f"layers {list(factors)}",
                                                "Compute the curvature on the same model."))
             P = g.precision
-            if not isinstance(P, Kron):
-                raise ValueError(error_message(f"prior precision of layer '{g.name}'",
-                                               "one Kronecker product", type(P).__name__,
-                                               "Compress the prior with as_prior() first."))
             # The prior's temperature is folded into its precision for the posterior's terms.
-            P_eff = P * (1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
-            F, spectra = _symmetrized(F.to(device=P.device, dtype=torch.float64))
-            prec = KronDecomposed.from_terms(F, P_eff, beta=1.0, alpha=1.0, first_eigh=spectra)
+            P_eff = P.scaled(1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
+            # the curvature's structure decides the form (Kronecker: exact joint eigenbasis;
+            # diagonal: beta f + alpha diag(P))
+            prec, terms = F.posterior_with(P_eff)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
-                                        prec, 1.0, (F, P_eff)))
+                                        prec, 1.0, terms))
         else:
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, None, mean,
                                         g.precision, 1.0))
@@ -565,10 +534,5 @@ def _fold_temperature(g: GaussianGroup, posterior_groups: Mapping[str, GaussianG
     if tau == 1.0:
         return g
     post = posterior_groups[g.name]
-    if post.terms is not None:
-        prec = post.terms[1]
-    elif isinstance(g.precision, IsotropicPrecision):
-        prec = IsotropicPrecision(float(g.precision.value) / tau, g.precision.size)
-    else:
-        prec = g.precision * (1.0 / tau)
+    prec = post.terms[1] if post.terms is not None else g.precision.scaled(1.0 / tau)
     return GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean, prec, 1.0)

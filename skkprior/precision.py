@@ -43,6 +43,7 @@ import torch
 from ._validation import error_message
 
 __all__ = [
+    "DiagonalCurvature",
     "DiagonalDecomposed",
     "DiagonalPrecision",
     "InverseFactors",
@@ -573,10 +574,86 @@ class DiagonalDecomposed(TwoTermPrecision):
                    logdet_second=float(state["logdet_second"]))
 
 
+class DiagonalCurvature:
+    """A diagonal curvature block ``diag(f)``, ``f >= 0`` of shape ``(n, m)`` (a layer's ``[W | b]``).
+
+    What :func:`skkprior.curvature.diagonal_fisher` returns per layer. It is a curvature, not a
+    precision (it may be singular), and offers what a curvature needs: its diagonal projected
+    onto a basis (:meth:`projected_diagonal`, for ``tr(F Sigma)``) and the posterior precision it
+    forms with a prior precision (:meth:`posterior_with`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> F = DiagonalCurvature(torch.tensor([[0.0, 2.0]]))
+    >>> S, terms = F.posterior_with(IsotropicPrecision(1.0, 2))
+    >>> S.to_dense().diagonal().tolist()
+    [1.0, 3.0]
+    """
+
+    kind = "diagonal-curvature"
+
+    def __init__(self, values: torch.Tensor) -> None:
+        if not isinstance(values, torch.Tensor) or values.ndim != 2:
+            raise ValueError(error_message("values of DiagonalCurvature", "an (n, m) tensor", values))
+        values = values.to(_F64)
+        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+            raise ValueError(error_message("the diagonal curvature", "finite and non-negative",
+                                           "negative or non-finite entries",
+                                           "Recompute it (check the data and the network for NaN)."))
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"DiagonalCurvature(n={self.n}, m={self.m})"
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def m(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return self.n * self.m
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to(self, *args: Any, **kwargs: Any) -> "DiagonalCurvature":
+        probe = torch.empty(0, dtype=_F64, device=self.device).to(*args, **kwargs)
+        return DiagonalCurvature(self.values.to(device=probe.device))
+
+    def to_dense(self) -> torch.Tensor:
+        return torch.diag(self.values.reshape(-1))
+
+    def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
+        return _project_diagonal(self.values, left, right)
+
+    def posterior_with(self, prior: Precision) -> tuple[DiagonalDecomposed, tuple[Any, Precision]]:
+        """``f + diag(P)``: a :class:`DiagonalDecomposed` whose KL to ``P`` stays exact, and its terms."""
+        p = prior.projected_diagonal(None, None).to(device=self.device, dtype=_F64)
+        if p.ndim == 0:
+            p = p.expand(self.n, self.m).clone()
+        return DiagonalDecomposed(self.values, p.reshape(self.n, self.m),
+                                  logdet_second=prior.logdet().detach()), (self, prior)
+
+    def state(self) -> dict[str, Any]:
+        return {"type": self.kind, "values": self.values}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "DiagonalCurvature":
+        return cls(state["values"])
+
+
 def precision_from_state(state: Mapping[str, Any]) -> Precision:
     """Rebuild a precision from :meth:`Precision.state` by its ``"type"`` (the registry of kinds)."""
     kind = state.get("type") if isinstance(state, Mapping) else None
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if kind == DiagonalCurvature.kind:
+        cls = DiagonalCurvature
     if cls is None:
         raise ValueError(error_message("precision type", f"one of {sorted(_REGISTRY)}", repr(kind),
                                        "The file is corrupted or from another program."))

@@ -124,7 +124,7 @@ class GaussianGroup:
     # -- algebra ---------------------------------------------------------------------------
     def precision_quadratic(self, delta: torch.Tensor) -> torch.Tensor:
         """``delta^T precision delta`` (no temperature) for coordinates of shape ``(*batch, ...)``."""
-        return self.precision.quadratic(delta)
+        return self.precision.quadratic(delta).reshape(delta.shape[:delta.ndim - self.mean.ndim])
 
     def precision_logdet(self) -> torch.Tensor:
         return self.precision.logdet()

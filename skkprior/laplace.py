@@ -12,10 +12,14 @@ r"""Learned priors, Laplace posteriors and the continual chain (METHOD.md sectio
 
 Which form every object holds
 -----------------------------
-Priors hold one :class:`~skkprior.kron.Kron` per Linear/Conv2d layer and an isotropic
-precision for every other parameter. Posteriors hold a
-:class:`~skkprior.kron.KronDecomposed` (exact ``beta F + alpha P``) per layer; parameters
-without curvature keep the prior's isotropic precision scaled by ``alpha`` (the data do not
+Priors hold one :class:`~skkprior.kron.Kron` per Linear/Conv2d layer (or a
+:class:`~skkprior.precision.DiagonalPrecision`, from a diagonal posterior) and an isotropic
+precision for every other parameter. Posteriors hold a two-term precision per layer, chosen by
+the curvature's structure: :class:`~skkprior.kron.KronDecomposed` (exact ``beta F + alpha P``)
+for K-FAC / K-FOC, :class:`~skkprior.precision.DiagonalDecomposed` (``beta f + alpha diag(P)``:
+exact for an isotropic or diagonal prior, the prior's off-diagonal dropped for a Kronecker
+one; the KL to the full prior stays exact) for :func:`~skkprior.curvature.diagonal_fisher`.
+Parameters without curvature keep the prior's precision scaled by ``alpha`` (the data do not
 inform them under K-FAC; this is stated, not hidden).
 """
 

@@ -98,11 +98,17 @@ def _as_f64(value: Scalar, device: torch.device | None = None) -> torch.Tensor:
 
 
 def _sum_trailing(X: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum over the trailing dimensions of ``X`` that hold ``size`` entries (the batch stays)."""
+    """Sum over the trailing dimensions of ``X`` that hold ``size`` entries (the batch stays).
+
+    Coordinates are ``(*batch, d)`` or ``(*batch, n, m)``; trailing dimensions of length one
+    next to them count as coordinates (a ``(B, 1, 1)`` input of a one-parameter layer gives ``(B,)``).
+    """
     count, k = 1, 0
     while count < size and k < X.ndim:
         k += 1
         count *= X.shape[-k]
+    while count == size and k < X.ndim - 1 and X.shape[-(k + 1)] == 1 and k < 2:
+        k += 1
     if count != size:
         raise ValueError(error_message("the coordinates", f"trailing dimensions of {size} entries in all",
                                        tuple(X.shape), "Pass group coordinates of the precision's size."))
@@ -127,8 +133,8 @@ class Precision(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
-            _REGISTRY[cls.kind] = cls
+        if cls.__dict__.get("kind"):  # only classes that name their own kind (not subclasses of one)
+            _REGISTRY.setdefault(cls.kind, cls)
 
     # -- description ------------------------------------------------------------------------
     @property

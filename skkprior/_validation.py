@@ -23,6 +23,7 @@ __all__ = [
     "check_finite_tensor",
     "check_positive",
     "check_probability",
+    "check_device",
     "check_square",
     "describe",
 ]
@@ -141,3 +142,43 @@ def check_square(matrix: Any, name: str) -> torch.Tensor:
         raise TypeError(error_message(name, "a floating-point tensor", matrix,
                                       "Convert it with .double() or .float()."))
     return check_finite_tensor(matrix, name)
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """Return ``device`` as a ``torch.device`` after checking that it exists on this machine.
+
+    A CUDA (or MPS) device that is not available, a CUDA index beyond the visible devices, or
+    a string torch cannot parse raise a ``ValueError`` naming ``name``, instead of the
+    ``AssertionError`` or ``RuntimeError`` torch raises when the first tensor is moved there.
+
+    Examples
+    --------
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, (str, int)) and not isinstance(device, bool):
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ValueError(error_message(name, "a torch device such as 'cpu', 'cuda' or 'cuda:0'",
+                                           repr(device), f"torch could not parse it ({str(exc)[:80]}).")) from exc
+    else:
+        raise TypeError(error_message(name, "a torch.device, a device string such as 'cpu' or 'cuda', or None",
+                                      type(device).__name__))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(error_message(name, "an available device", repr(str(dev)),
+                                           "CUDA is not available on this machine "
+                                           "(torch.cuda.is_available() is False); use device='cpu'."))
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(error_message(name, f"a visible CUDA device (indices 0 .. {count - 1})",
+                                           repr(str(dev)), "Use device='cuda' or a smaller index."))
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(error_message(name, "an available device", repr(str(dev)),
+                                           "MPS is not available on this machine; use device='cpu'."))
+    return dev

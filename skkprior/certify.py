@@ -13,7 +13,9 @@ The certificate holds with probability at least ``1 - delta - delta_mc``.
 ``protocol="paper"`` instead reproduces the evaluation of Schnaus et al. (2023): the
 training error of the Bayesian model average (100 samples) in McAllester's or Catoni's bound
 at confidence 0.9, with no Monte-Carlo correction and no union bound. It is a diagnostic for
-comparison, not a certificate, and is labeled so in the record.
+comparison, not a certificate, and is labeled so in the record. Its defaults (McAllester,
+``delta = 0.1``) apply only where ``bound`` and ``delta`` are left out: a value passed
+explicitly is always used as given, under either protocol.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ._validation import check_positive, error_message
+from ._validation import check_probability, describe, error_message
 from .bounds import Certificate, certificate_from_errors, paper_protocol_bound
 
 __all__ = ["certify"]
 
 
 def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = None,
-            bound: Literal["kl", "mcallester", "catoni"] = "kl", delta: float = 0.025,
+            bound: Literal["kl", "mcallester", "catoni"] | None = None, delta: float | None = None,
             delta_mc: float = 0.01, passes: int = 1, union_size: int = 1,
             protocol: Literal["certificate", "paper"] = "certificate", C: float | None = None,
             catoni_grid: Sequence[float] | None = None, n_samples: int = 100,
@@ -44,20 +46,26 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     posterior : LayerwiseGaussian
         ``Q``; usually a :class:`~skkprior.laplace.KroneckerPosterior`.
     X, y : tensors or arrays
-        The bound data; ``y`` are class indices. They must not have influenced the prior.
+        The bound data; ``y`` are class indices ``0 .. C-1`` (integers, or floats with integral
+        values), one per row of ``X``. They must not have influenced the prior.
     prior : LayerwiseGaussian, optional
         ``P`` (default: ``posterior.prior``).
-    bound : {"kl", "mcallester", "catoni"}, default="kl"
-    delta, delta_mc : float, default=0.025, 0.01
-        Failure probabilities of the bound and of the Monte-Carlo correction.
+    bound : {"kl", "mcallester", "catoni"}, optional
+        Default: ``"kl"`` for ``protocol="certificate"``, the paper's ``"mcallester"`` for
+        ``protocol="paper"``. A bound given explicitly is used under either protocol.
+    delta : float, optional
+        Failure probability of the bound. Default: 0.025 for ``protocol="certificate"``, the
+        paper's 0.1 (confidence 0.9) for ``protocol="paper"``. A value given explicitly is used
+        as given under either protocol (never replaced).
+    delta_mc : float, default=0.01
+        Failure probability of the Monte-Carlo correction (``protocol="certificate"``).
     passes : int, default=1
         Passes over the data, each with fresh draws (``m = passes * n``).
     union_size : int, default=1
         Number of prior candidates the prior was chosen from on the bound data.
     protocol : {"certificate", "paper"}, default="certificate"
-        ``"paper"``: the paper's optimistic diagnostic (see module docstring); then
-        ``delta`` defaults to the paper's 0.1 when left at 0.025, and ``bound`` "kl" maps to
-        McAllester.
+        ``"paper"``: the paper's optimistic diagnostic (see module docstring), with its own
+        defaults for ``bound`` and ``delta``.
     C, catoni_grid
         Catoni's constant (fixed) or a grid of them fixed in advance (``bound="catoni"``).
     n_samples : int, default=100
@@ -77,12 +85,19 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     if prior is None:
         raise ValueError(error_message("prior", "given (the posterior carries none)", None,
                                        "Pass prior=... explicitly."))
+    if protocol not in ("certificate", "paper"):
+        raise ValueError(error_message("protocol", "'certificate' or 'paper'", protocol))
+    if bound is None:
+        bound = "mcallester" if protocol == "paper" else "kl"
+    if bound not in ("kl", "mcallester", "catoni"):
+        raise ValueError(error_message("bound", "'kl', 'mcallester' or 'catoni'", bound))
+    if delta is None:
+        delta = 0.1 if protocol == "paper" else 0.025
+    delta = check_probability(delta, "delta")
     X_t = torch.as_tensor(X)
-    y_t = torch.as_tensor(y).long()
-    if X_t.shape[0] != y_t.shape[0]:
-        raise ValueError(error_message("X and y", "of the same length", f"{X_t.shape[0]} and {y_t.shape[0]}"))
+    y_t = _check_labels(y, X_t)
     n = int(y_t.shape[0])
-    if not isinstance(passes, int) or passes < 1:
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(error_message("passes", "a positive integer", passes))
     kl = posterior.kl(prior)
     kl_groups = kl.as_dict()
@@ -90,17 +105,57 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     if protocol == "paper":
         proba = predict_proba_mc(model, posterior, X_t, n_samples=n_samples, generator=generator,
                                  batch_size=batch_size)
-        error = float((proba.argmax(dim=1).cpu() != y_t.cpu()).double().mean())
-        paper_bound = "mcallester" if bound == "kl" else bound
-        paper_delta = 0.1 if delta == 0.025 else delta
-        return paper_protocol_bound(error, kl_total, n, delta=paper_delta, bound=paper_bound,
-                                    C=(C if C is not None else (1.0 if paper_bound == "catoni" else None)),
+        _check_label_range(y_t, int(proba.shape[1]))
+        error = float((proba.argmax(dim=1).cpu() != y_t).double().mean())
+        return paper_protocol_bound(error, kl_total, n, delta=delta, bound=bound,
+                                    C=(C if C is not None else (1.0 if bound == "catoni" else None)),
                                     kl_per_group=kl_groups)
-    if protocol != "certificate":
-        raise ValueError(error_message("protocol", "'certificate' or 'paper'", protocol))
-    check_positive(delta, "delta")
     n_errors, m = gibbs_error_count(model, posterior, X_t, y_t, passes=passes, generator=generator,
                                     batch_size=batch_size)
     return certificate_from_errors(int(n_errors), int(m), n, kl_total, delta=delta, delta_mc=delta_mc,
                                    union_size=union_size, bound=bound, kl_per_group=kl_groups,
                                    C=C, catoni_grid=catoni_grid)
+
+
+def _check_labels(y: Any, X: torch.Tensor) -> torch.Tensor:
+    """``y`` as int64 class indices on the CPU: 1-D, one per row of ``X``, integral, non-negative.
+
+    Floats are accepted only when every value is an integer (``1.0``, not ``0.7``, which
+    ``.long()`` would silently truncate to class 0).
+    """
+    if hasattr(y, "tocsr"):
+        raise TypeError(error_message("y", "a dense 1-D array of class labels", "a sparse matrix",
+                                      "Pass y.toarray().ravel()."))
+    try:
+        t = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(error_message("y", "a 1-D array or tensor of integer class labels",
+                                      type(y).__name__)) from exc
+    n = int(X.shape[0]) if X.ndim else 0
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(error_message("y", f"a 1-D array of {n} labels (one per row of X)", describe(t),
+                                       "Pass one class index per example, e.g. y.ravel()."))
+    if n == 0:
+        raise ValueError(error_message("X and y", "at least one example", "0 examples"))
+    if t.is_floating_point():
+        integral = torch.isfinite(t) & (t == t.round())
+        if not bool(integral.all()):
+            bad = "[" + ", ".join(f"{v:.6g}" for v in t[~integral][:3].tolist()) + "]"
+            raise ValueError(error_message("y", "integer class labels 0 .. C-1 (floats only when integral)",
+                                           f"non-integral values such as {bad}",
+                                           "Encode the labels as class indices, e.g. with "
+                                           "sklearn.preprocessing.LabelEncoder."))
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(error_message("y", "integer class labels 0 .. C-1", describe(t),
+                                       "Encode the labels as class indices."))
+    t = t.to(torch.int64).cpu()
+    if bool((t < 0).any()):
+        raise ValueError(error_message("y", "class labels 0 .. C-1", f"a minimum of {int(t.min())}",
+                                       "Encode the labels as class indices 0 .. C-1."))
+    return t
+
+
+def _check_label_range(y: torch.Tensor, n_classes: int) -> None:
+    if int(y.max()) >= n_classes:
+        raise ValueError(error_message("y", f"class labels 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
+                                       f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))

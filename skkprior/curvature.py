@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._layers import KroneckerLayer, kronecker_layers, uncovered_parameters
-from ._validation import describe, error_message
+from ._validation import check_device, describe, error_message
 from .kron import Kron, KronSum
 from .precision import DiagonalCurvature
 
@@ -287,7 +287,7 @@ class Curvature:
         if isinstance(kfoc_max_terms, bool) or not isinstance(kfoc_max_terms, int) or kfoc_max_terms < 1:
             raise ValueError(error_message("kfoc_max_terms", "a positive integer", kfoc_max_terms))
         self.kfoc_max_terms = kfoc_max_terms
-        self._device = torch.device("cpu") if device is None else torch.device(device)
+        self._device = torch.device("cpu") if device is None else check_device(device)
         self._sums = _Sums.empty(self.layers, self.method)
         self._merge_error: dict[str, float] = {k: 0.0 for k in self.layers}
         self._cache: dict[str, Any] | None = None
@@ -1141,6 +1141,8 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
     if fisher == "empirical" and y is None and not _is_loader(X):
         raise ValueError(error_message("y", "the true labels for fisher='empirical'", "None",
                                        "Pass y, or use fisher='mc' or 'exact'."))
+    if device is not None:
+        device = check_device(device)
     model_device, dtype = _model_device_dtype(model)
     move = device is not None and model_device.type != "meta" and torch.device(device) != model_device
     run_device = torch.device(device) if device is not None else (
@@ -1275,7 +1277,9 @@ def kfac(model: nn.Module, X: Any, y: Any = None, *, fisher: FisherType = "mc",
         Mini-batch size when ``X`` is an array or a Dataset.
     device : torch.device or str, optional
         Where the pass runs and the sums live (default: the model's device). A model on another
-        device is moved there for the pass and moved back afterwards.
+        device is moved there for the pass and moved back afterwards. A device that is not
+        available here (``"cuda"`` without CUDA, a CUDA index beyond the visible devices, an
+        unknown name) raises a ``ValueError`` before anything runs.
     generator : torch.Generator, optional
         Seeds the label sampling of ``fisher="mc"``.
     progress : bool, optional
@@ -1331,7 +1335,7 @@ def kfac(model: nn.Module, X: Any, y: Any = None, *, fisher: FisherType = "mc",
     layers = _model_layers(model)
     model_device, _ = _model_device_dtype(model)
     if device is not None:
-        acc_device = torch.device(device)
+        device = acc_device = check_device(device)
     elif model_device.type != "meta":
         acc_device = model_device
     else:

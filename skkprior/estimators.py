@@ -32,7 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from ._validation import error_message
+from ._validation import check_device, describe, error_message
 from .laplace import KroneckerPosterior, KroneckerPrior, isotropic_prior, posterior
 from .networks import MLP
 from .tuning import training_objective, tune_marglik, tune_pac_bayes, tune_validation
@@ -140,9 +140,13 @@ def _engine_class():
 
         def get_loss(self, y_pred, y_true, X=None, training=False):
             ce = super().get_loss(y_pred, y_true, X=X, training=training)
-            if self.loss_term is None:
-                return ce
-            return self.loss_term(ce, self.module_)
+            loss = ce if self.loss_term is None else self.loss_term(ce, self.module_)
+            if training and not bool(torch.isfinite(loss.detach()).all()):
+                epoch = len(self.history)
+                raise FloatingPointError(_divergence_message(
+                    "the training loss", f"{float(loss.detach()):g} in epoch {epoch} of {self.max_epochs}",
+                    float(self.lr), int(self.max_epochs)))
+            return loss
 
     return _PriorEngine
 
@@ -186,11 +190,28 @@ class _TensorBatches:
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(error_message("device", "an available device", str(device),
-                                       "No CUDA device is visible; use device='cpu' or 'auto'."))
-    return dev
+    return check_device(device)
+
+
+# parameter dtypes the estimators train in; the data are cast to the module's dtype
+_MODULE_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _module_dtype(module: nn.Module) -> torch.dtype:
+    """The floating-point dtype of ``module``'s parameters (float32 or float64), or a clear error."""
+    dtypes = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in _MODULE_DTYPES):
+        raise TypeError(error_message(f"the parameters of the module {type(module).__name__}",
+                                      "all float32 or all float64", f"dtypes {sorted(str(d) for d in dtypes)}",
+                                      "Convert the module with module.float() or module.double()."))
+    return dtypes.pop() if dtypes else torch.float32
+
+
+def _divergence_message(what: str, got: str, lr: float, max_epochs: int) -> str:
+    return error_message(what, "finite (training diverged)", got,
+                         f"Lower the learning rate lr (now {lr:g}), train for fewer epochs (max_epochs, now "
+                         f"{max_epochs}), or standardize X (e.g. sklearn's StandardScaler); a larger "
+                         "weight_decay also keeps the weights bounded.")
 
 
 def _seed_from(random_state: Any) -> int:
@@ -269,12 +290,64 @@ class _BaseKronecker(ClassifierMixin, BaseEstimator):
 
     def _check_X(self, X: Any, reset: bool) -> np.ndarray:
         X = validate_data(self, X, reset=reset, dtype=np.float32, allow_nd=True)
+        self._check_input_shape(X, reset)
         return np.array(X, dtype=np.float32, copy=True)
 
     def _check_X_y(self, X: Any, y: Any, reset: bool) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, allow_nd=True)
         check_classification_targets(y)
+        self._check_input_shape(X, reset)
         return np.array(X, dtype=np.float32, copy=True), y
+
+    def _check_input_shape(self, X: np.ndarray, reset: bool) -> None:
+        """Record (``reset``) or check the shape of one example; scikit-learn checks only ``X.shape[1]``."""
+        shape = tuple(int(d) for d in X.shape[1:])
+        if reset:
+            self._input_shape = shape
+            return
+        expected = getattr(self, "_input_shape", None)
+        if expected is not None and shape != expected:
+            raise ValueError(error_message(f"the shape of one example of X passed to {type(self).__name__}",
+                                           f"{expected} (as in fit)", f"{shape} (X of shape {tuple(X.shape)})",
+                                           "Pass inputs of the shape the estimator was fitted on."))
+
+    def _module_input(self, X: np.ndarray, module: nn.Module) -> np.ndarray:
+        """``X`` in the dtype of the module's parameters (float32 data for a float64 network: cast)."""
+        return X.astype(_MODULE_DTYPES[_module_dtype(module)], copy=False)
+
+    def _check_module(self, module: nn.Module, X: np.ndarray, n_classes: int) -> None:
+        """One forward pass on two examples, before training: the module must accept ``X`` and
+        return ``(n, n_classes)`` logits. Run in eval mode without gradients (no state changes)."""
+        name = type(module).__name__
+        dtype = _module_dtype(module)
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        x = torch.from_numpy(np.ascontiguousarray(X[:2])).to(device=device, dtype=dtype)
+        modes = [(m, m.training) for m in module.modules()]
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(x)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise ValueError(error_message(
+                f"X (one example of shape {tuple(X.shape[1:])}, n_features_in_={self.n_features_in_})",
+                f"an input the module {name} accepts", f"a forward pass that failed with {type(exc).__name__}: "
+                f"{str(exc)[:200]}",
+                "Make the module's first layer match the data (e.g. nn.Linear(in_features="
+                f"{int(np.prod(X.shape[1:]))}, ...) for flattened inputs), or reshape X; a module class whose "
+                "constructor takes n_features gets it filled in.")) from exc
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != n_classes:
+            classes = np.asarray(getattr(self, "classes_", []))
+            shown = classes[:10].tolist()
+            raise ValueError(error_message(
+                f"the output of the module {name}",
+                f"logits of shape (n_samples, {n_classes}): one column per class of classes_ "
+                f"{shown}{' ...' if len(classes) > 10 else ''}",
+                describe(out) if isinstance(out, torch.Tensor) else type(out).__name__,
+                f"Give the last layer {n_classes} outputs (e.g. nn.Linear(..., {n_classes})), or pass a module "
+                "class whose constructor takes n_classes so it is filled in."))
 
     # -- building blocks --------------------------------------------------------------------------------
     def _build_module(self, n_features: int, n_classes: int, seed: int) -> nn.Module:
@@ -285,6 +358,10 @@ class _BaseKronecker(ClassifierMixin, BaseEstimator):
         kwargs = self._module_kwargs()
         signature = inspect.signature(cls.__init__).parameters
         if "n_features" in signature and "n_features" not in kwargs:
+            shape = getattr(self, "_input_shape", None)
+            if cls is MLP and shape is not None:
+                # the built-in MLP flattens each example: n_features is the flattened size
+                n_features = int(np.prod(shape))
             kwargs["n_features"] = n_features
         if "n_classes" in signature and "n_classes" not in kwargs:
             kwargs["n_classes"] = n_classes
@@ -339,6 +416,11 @@ class _BaseKronecker(ClassifierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             engine.partial_fit(X, y)
+        bad = [name for name, p in module.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise FloatingPointError(_divergence_message(
+                f"the parameters of the module {type(module).__name__} after training",
+                f"non-finite values in {bad[:4]}", float(self.lr), int(self.max_epochs)))
         return [dict(row) for row in engine.history]
 
     def _map_loss(self, prior: KroneckerPrior, n: int, weight: float) -> Any:
@@ -372,7 +454,7 @@ class _BaseKronecker(ClassifierMixin, BaseEstimator):
     # -- prediction -----------------------------------------------------------------------------------------
     def _predict_tensor(self, X: Any) -> torch.Tensor:
         check_is_fitted(self)
-        Xc = self._check_X(X, reset=False)
+        Xc = self._module_input(self._check_X(X, reset=False), self.module_)
         Xt = torch.from_numpy(Xc)
         from .predictive import predict_proba_linearized, predict_proba_map, predict_proba_mc
 
@@ -580,6 +662,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
         self.device_ = _resolve_device(self.device)
         module = self._build_module(self.n_features_in_, len(self.classes_), self.random_seed_)
         module = module.to(self.device_)
+        self._check_module(module, X, len(self.classes_))
         prior = self._resolve_prior(module).to(self.device_)
         self._init_at_prior_mean(module, prior)
         self.n_tasks_ = 0
@@ -622,6 +705,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
             self.random_seed_ = _seed_from(self.random_state)
             self.device_ = _resolve_device(self.device)
             module = self._build_module(self.n_features_in_, len(self.classes_), self.random_seed_).to(self.device_)
+            self._check_module(module, X, len(self.classes_))
             prior = self._resolve_prior(module).to(self.device_)
             self._init_at_prior_mean(module, prior)
             self.n_tasks_ = 0
@@ -632,6 +716,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
                                                "Omit classes after the first call."))
             y_enc = self._encode_new(y)
             module = self.module_
+            self._check_module(module, X, len(self.classes_))
             # The next prior is the Bayesian posterior at the *given* scales, not at the scales
             # tuned for prediction: a cold, sharpened predictive posterior (e.g. tau = 0.01,
             # alpha = 1000 from the validation grid) folded into a prior would pin the network.
@@ -642,6 +727,7 @@ class KroneckerPriorClassifier(_BaseKronecker):
 
     def _fit_task(self, module: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray) -> None:
         seed = self.random_seed_ + 7919 * getattr(self, "n_tasks_", 0)
+        X = self._module_input(X, module)
         X_fit, y_fit, X_val, y_val = X, y, X, y
         if self.scaling == "validation":
             n_val = int(math.ceil(self.validation_fraction * len(y)))
@@ -829,6 +915,8 @@ class PACBayesBoundEstimator(_BaseKronecker):
         best = None
         for scale in (self.prior_scales or [1.0]):
             module = self._build_module(self.n_features_in_, len(self.classes_), self.random_seed_).to(self.device_)
+            self._check_module(module, X, len(self.classes_))
+            X_module = self._module_input(X, module)
             base_prior = self._resolve_prior(module).to(self.device_)
             prior = base_prior.scaled(float(scale)) if float(scale) != 1.0 else base_prior
             self._init_at_prior_mean(module, prior)
@@ -841,17 +929,17 @@ class PACBayesBoundEstimator(_BaseKronecker):
                 def loss(ce, mod, prior=prior, kind=kind, delta=delta, C=C, n_params=n_params):
                     q = prior.quadratic(mod).to(ce.dtype)
                     return training_objective(kind, ce, q, n=n, n_params=n_params, delta=delta, C=C)
-            history = self._train(module, X, y_enc, loss, self.random_seed_, self.device_)
+            history = self._train(module, X_module, y_enc, loss, self.random_seed_, self.device_)
             module.eval()
-            curvature = self._curvature(module, X, y_enc, self.random_seed_, self.device_)
+            curvature = self._curvature(module, X_module, y_enc, self.random_seed_, self.device_)
             post = posterior(prior, curvature, module)
             tuned = tune_pac_bayes(post, nll_sum=curvature.nll_sum, n=n, delta=self.delta,
                                    objective="mcallester" if self.objective == "mcallester" else "catoni")
             # the tuned posterior and the plain Laplace posterior (alpha = beta = tau = 1) compete
             # by the measured bound: the Taylor objective can pick scales whose KL is vacuous
-            chosen = self._select_posterior(module, (tuned.posterior, post), X, y_enc, n)
+            chosen = self._select_posterior(module, (tuned.posterior, post), X_module, y_enc, n)
             gen = torch.Generator(device=self.device_).manual_seed(self.random_seed_ + 11)
-            cert = certify(module, chosen, torch.from_numpy(X), torch.from_numpy(y_enc),
+            cert = certify(module, chosen, torch.from_numpy(X_module), torch.from_numpy(y_enc),
                            bound=self.bound, delta=self.delta, delta_mc=self.delta_mc, passes=self.mc_passes,
                            union_size=self._union_size(), generator=gen, batch_size=max(self.batch_size, 256),
                            C=1.0 if self.bound == "catoni" else None)
@@ -902,21 +990,34 @@ class PACBayesBoundEstimator(_BaseKronecker):
         return best[1]
 
     def certify(self, X: Any, y: Any, *, protocol: str = "certificate", passes: int | None = None,
-                n_samples: int = 100):
+                n_samples: int = 100, delta: float | None = None):
         """A certificate of the fitted posterior on ``(X, y)`` (e.g. fresh bound data).
 
         The union over ``prior_scales`` is still paid (the prior was chosen on the training data).
         ``protocol="paper"`` gives the paper's optimistic diagnostic instead, with the model
-        average of ``n_samples`` posterior draws (the paper: 100).
+        average of ``n_samples`` posterior draws (the paper: 100), McAllester's bound (Catoni's
+        for ``bound="catoni"``) and the paper's confidence 0.9.
+
+        ``delta``: the failure probability of this bound; None is the estimator's ``delta`` for
+        ``protocol="certificate"`` and the paper's 0.1 for ``protocol="paper"``. A value given
+        here is used as given under either protocol.
         """
         from .certify import certify
 
         check_is_fitted(self)
+        if protocol not in ("certificate", "paper"):
+            raise ValueError(error_message("protocol", "'certificate' or 'paper'", protocol))
         Xc, y = self._check_X_y(X, y, reset=False)
+        Xc = self._module_input(Xc, self.module_)
         y_enc = self._encode_new(y)
         gen = torch.Generator(device=self.device_).manual_seed(self.random_seed_ + 13)
+        if protocol == "paper":
+            bound = "catoni" if self.bound == "catoni" else "mcallester"
+        else:
+            bound = self.bound
+            delta = self.delta if delta is None else delta
         return certify(self.module_, self.posterior_, torch.from_numpy(Xc), torch.from_numpy(y_enc),
-                       bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
+                       bound=bound, delta=delta, delta_mc=self.delta_mc,
                        passes=self.mc_passes if passes is None else passes, union_size=self._union_size(),
                        protocol=protocol, generator=gen, batch_size=max(self.batch_size, 256),
                        C=1.0 if self.bound == "catoni" else None, n_samples=n_samples)

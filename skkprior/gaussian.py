@@ -50,7 +50,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "skkprior-gaussian"
-FORMAT_VERSION = 1
+# Version 2 (skkprior 0.x, issue 14): a KroneckerPosterior file also holds its prior and its
+# scales (alpha, beta, tau per group); files of other classes are unchanged. Version 1 files
+# are still read (a version 1 posterior file only as a LayerwiseGaussian: it lacks its prior).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 Scalar = float | torch.Tensor
 
@@ -471,9 +475,10 @@ class LayerwiseGaussian:
                                            "a file of another format",
                                            "Create prior files with KroneckerPrior.save()."))
         version = state.get("version")
-        if version != FORMAT_VERSION:
-            raise ValueError(error_message("the file's format version", f"{FORMAT_VERSION}", f"{version!r}",
-                                           "Re-create the file with this version of skkprior."))
+        if version not in READABLE_VERSIONS:
+            raise ValueError(error_message("the file's format version",
+                                           f"one of {list(READABLE_VERSIONS)} (this skkprior reads those)",
+                                           f"{version!r}", "Re-create the file with this version of skkprior."))
         try:
             groups = []
             for gs in state["groups"]:
@@ -481,17 +486,27 @@ class LayerwiseGaussian:
                     name=gs["layer"]["name"], weight_name=gs["layer"]["weight_name"],
                     bias_name=gs["layer"]["bias_name"], weight_shape=tuple(gs["layer"]["weight_shape"]),
                     n=int(gs["layer"]["n"]), m=int(gs["layer"]["m"]))
-                terms = None if gs["terms"] is None else tuple(precision_from_state(t) for t in gs["terms"])
-                groups.append(GaussianGroup(
+                try:
+                    terms = None if gs["terms"] is None else tuple(precision_from_state(t) for t in gs["terms"])
+                    precision = precision_from_state(gs["precision"])
+                except ValueError as exc:  # e.g. a non-finite or non-symmetric factor
+                    raise ValueError(error_message(f"the precision of group {gs['name']!r} in the file",
+                                                   "a valid precision", str(exc), _CORRUPT_FIX)) from exc
+                group = GaussianGroup(
                     name=gs["name"], parameter_names=tuple(gs["parameter_names"]),
-                    parameter_shapes=tuple(tuple(s) for s in gs["parameter_shapes"]), layer=layer,
-                    mean=gs["mean"], precision=precision_from_state(gs["precision"]),
-                    temperature=float(gs["temperature"]), terms=terms))
+                    parameter_shapes=tuple(tuple(int(d) for d in s) for s in gs["parameter_shapes"]), layer=layer,
+                    mean=gs["mean"], precision=precision, temperature=gs["temperature"], terms=terms)
+                _check_loaded_group(group)
+                group.temperature = float(group.temperature)
+                groups.append(group)
             metadata = dict(state["metadata"])
         except (KeyError, TypeError, IndexError) as exc:
             raise ValueError(error_message("the file", "a complete skkprior Gaussian",
                                            f"a structure missing {exc!s}",
                                            "The file is corrupted; re-create it.")) from exc
+        if not groups:
+            raise ValueError(error_message("the file", "a Gaussian with at least one group", "no groups",
+                                           _CORRUPT_FIX))
         return cls(groups, metadata)
 
     def save(self, path: str | os.PathLike | io.IOBase) -> None:
@@ -520,6 +535,63 @@ class LayerwiseGaussian:
                                            "It is truncated, corrupted, or not an skkprior file; "
                                            "never load untrusted pickles.")) from exc
         return cls.from_state(state)
+
+
+_CORRUPT_FIX = "The file is corrupted or was edited; re-create it with save()."
+
+
+def _check_loaded_group(g: GaussianGroup) -> None:
+    """Validate one group read from a file, so that a broken file fails at load, not after training.
+
+    Checks: a finite floating-point mean of the shape the parameters imply; a layer consistent
+    with its parameter shapes; a positive finite temperature; a precision of the group's size,
+    finite, with symmetric positive definite Kronecker factors (positive semi-definite for the
+    curvature term of a posterior) and a positive definite two-term form.
+    """
+    name = g.name
+
+    def fail(what: str, expected: str, got: Any) -> None:
+        raise ValueError(error_message(f"{what} of group {name!r} in the file", expected, got, _CORRUPT_FIX))
+
+    names, shapes = g.parameter_names, g.parameter_shapes
+    if not names or len(names) != len(shapes) or any(any(d < 0 for d in sh) for sh in shapes):
+        fail("the parameters", "one non-negative shape per parameter name", f"names {list(names)}, "
+             f"shapes {list(shapes)}")
+    if g.layer is not None:
+        layer = g.layer
+        ws = tuple(layer.weight_shape)
+        m = math.prod(ws[1:]) + (1 if layer.bias_name is not None else 0)
+        expected_params = [(layer.weight_name, ws)] + ([(layer.bias_name, (ws[0],))] if layer.bias_name else [])
+        if (len(ws) < 2 or layer.n != ws[0] or layer.m != m
+                or list(zip(names, shapes)) != expected_params):
+            fail("the layer", "consistent with its parameters (n = output size, m = input size + 1 with bias)",
+                 f"n={layer.n}, m={layer.m}, weight shape {ws}, parameters {list(zip(names, shapes))}")
+        size: tuple[int, ...] = (layer.n, layer.m)
+    else:
+        if len(names) != 1:
+            fail("the parameters", "exactly one parameter (a group outside Linear/Conv2d)", list(names))
+        size = (math.prod(shapes[0]),)
+    mean = g.mean
+    if not isinstance(mean, torch.Tensor) or not mean.is_floating_point():
+        fail("the mean", "a floating-point tensor", type(mean).__name__ if not isinstance(mean, torch.Tensor) else mean)
+    if tuple(mean.shape) != size:
+        fail("the mean", f"of shape {size} (from the parameter shapes)", mean)
+    if not bool(torch.isfinite(mean).all()):
+        fail("the mean", "finite (no NaN or infinity)", f"{int((~torch.isfinite(mean)).sum())} non-finite entries")
+    tau = g.temperature
+    tau_value = float(tau.detach()) if isinstance(tau, torch.Tensor) else tau
+    if isinstance(tau_value, bool) or not isinstance(tau_value, (int, float)) or not (
+            math.isfinite(tau_value) and tau_value > 0):
+        fail("the temperature", "a positive finite number", repr(tau_value))
+    prec = g.precision
+    # each precision type validates its own content (shapes, finiteness, definiteness)
+    prec.check_loaded(f"the precision of group {name!r} in the file", size)
+    if g.terms is not None:
+        if not isinstance(prec, TwoTermPrecision) or len(g.terms) != 2:
+            fail("the terms", "two terms (curvature, prior) of a two-term precision",
+                 f"{len(g.terms)} terms with a {type(prec).__name__} precision")
+        g.terms[0].check_loaded(f"the curvature term of group {name!r} in the file", size, semidefinite=True)
+        g.terms[1].check_loaded(f"the prior term of group {name!r} in the file", size)
 
 
 def _as_params(params: Mapping[str, torch.Tensor] | nn.Module, keep_grad: bool = False) -> Mapping[str, torch.Tensor]:

@@ -358,6 +358,13 @@ class Kron(Precision):
         """``factor * (G (x) A)`` (same as ``self * factor``)."""
         return self * factor
 
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = False) -> None:
+        """Factors of sizes ``size = (n, m)``, symmetric, positive definite (``semidefinite``: up to rounding)."""
+        if tuple(size) != (self.n, self.m):
+            raise ValueError(error_message(name, f"Kronecker factors of sizes {tuple(size)} (a Linear/Conv2d group)",
+                                           f"sizes {(self.n, self.m)}", _CORRUPT_FIX))
+        check_factors_definite(self, name, semi=semidefinite)
+
     def state(self) -> dict[str, Any]:
         return {"type": self.kind, "G": self.G, "A": self.A}
 
@@ -770,6 +777,38 @@ class KronSum:
             beta=beta if beta.requires_grad else beta.item(),
             alpha=alpha if alpha.requires_grad else alpha.item(),
         )
+
+
+_CORRUPT_FIX = "The file is corrupted or was edited; re-create it with save()."
+
+
+def check_factors_definite(K: Kron, what: str, *, semi: bool) -> None:
+    """Both factors symmetric and positive definite (``semi``: positive semi-definite up to rounding).
+
+    Semi-definiteness is tested by a Cholesky decomposition of ``M + t I`` with ``t`` at the
+    float32 rounding level of the factor (``2 n eps ||M||_F``), the level at which curvature
+    factors are projected onto the cone when they are built.
+    """
+    for M, factor in ((K.G, "G"), (K.A, "A")):
+        rtol = max(1e-8, 1000.0 * torch.finfo(M.dtype).eps)  # as Kron's Cholesky checks symmetry
+        M = M.to(torch.float64)
+        scale = float(M.abs().max()) if M.numel() else 0.0
+        if not bool(torch.isfinite(M).all()):
+            raise ValueError(error_message(f"factor {factor} of {what}", "finite (no NaN or infinity)",
+                                           "non-finite entries", _CORRUPT_FIX))
+        if float((M - M.mT).abs().max()) > rtol * max(scale, 1e-300):
+            raise ValueError(error_message(f"factor {factor} of {what}", "symmetric",
+                                           f"a matrix with max |M - M^T| = {float((M - M.mT).abs().max()):.3g}",
+                                           _CORRUPT_FIX))
+        if semi:
+            shift = 2.0 * M.shape[0] * torch.finfo(torch.float32).eps * float(torch.linalg.matrix_norm(M))
+            M = M + (shift if shift > 0 else 1e-300) * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+        _, info = torch.linalg.cholesky_ex(M)
+        if int(info) != 0:
+            expected = "positive semi-definite" if semi else "positive definite"
+            raise ValueError(error_message(f"factor {factor} of {what}", expected,
+                                           f"a matrix whose Cholesky decomposition failed at column {int(info)}",
+                                           _CORRUPT_FIX))
 
 
 def _psd_factor(M: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -1289,6 +1328,30 @@ class KronDecomposed(TwoTermPrecision):
         :meth:`KronSum.nearest`) and its relative Frobenius error."""
         total = KronSum(list(terms), [beta, alpha])
         return total.nearest(method=method), float(total.nearest_error())
+
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = False) -> None:
+        """Arrays of the shapes ``size = (n, m)`` implies, finite, positive weights, positive definite."""
+        if tuple(size) != (self.n, self.m):
+            raise ValueError(error_message(name, f"a two-term precision of sizes {tuple(size)}",
+                                           f"sizes {(self.n, self.m)}", _CORRUPT_FIX))
+        n, m = size
+        arrays = {"T_G": (n, n), "T_G_inv": (n, n), "D_G": (n,), "T_A": (m, m), "T_A_inv": (m, m), "D_A": (m,),
+                  "logdet_second": ()}
+        for attr, shape in arrays.items():
+            value = getattr(self, attr)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                raise ValueError(error_message(f"{attr} of {name}", f"a tensor of shape {shape}", value, _CORRUPT_FIX))
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(error_message(f"{attr} of {name}", "finite (no NaN or infinity)", value,
+                                               _CORRUPT_FIX))
+        for attr in ("beta", "alpha"):
+            w = _float(getattr(self, attr))
+            if not (math.isfinite(w) and w > 0):
+                raise ValueError(error_message(f"{attr} of {name}", "a positive finite number", repr(w), _CORRUPT_FIX))
+        try:
+            self._check_positive()
+        except ValueError as exc:
+            raise ValueError(error_message(name, "positive definite", str(exc), _CORRUPT_FIX)) from exc
 
     def state(self) -> dict[str, Any]:
         return {"type": self.kind, "T_G": self.T_G, "T_G_inv": self.T_G_inv, "D_G": self.D_G,

@@ -35,8 +35,9 @@ from torch import nn
 
 from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
 from ._validation import check_positive, error_message
-from .gaussian import GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
+from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
 from .kron import Kron, KronSum, psd_projected
+from .precision import TwoTermPrecision
 
 __all__ = [
     "KroneckerPosterior",
@@ -63,7 +64,10 @@ class KroneckerPrior(LayerwiseGaussian):
 
     Build it with :func:`learn_prior`, :func:`isotropic_prior` or
     :meth:`KroneckerPosterior.as_prior`; store it with :meth:`save` and read it back with
-    :meth:`load` (``torch.load(weights_only=True)``, versioned format).
+    :meth:`load` (``torch.load(weights_only=True)``, versioned format). :meth:`load` validates
+    the file (finite means of the parameters' shapes, positive finite temperatures, symmetric
+    positive definite factors of the right sizes) and refuses a *posterior* file: its two-term
+    precisions are not a prior; ``KroneckerPosterior.load(path).as_prior()`` turns it into one.
 
     Attributes
     ----------
@@ -111,6 +115,25 @@ class KroneckerPrior(LayerwiseGaussian):
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
                                         prec, g.temperature))
         return self._new(groups, prior_scale_factor=f * float(self.metadata.get("prior_scale_factor", 1.0)))
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "KroneckerPrior":
+        """Inverse of :meth:`state`, validated; a posterior's state raises a ``ValueError``."""
+        if isinstance(state, Mapping) and state.get("format") == FORMAT_NAME and \
+                state.get("class") == "KroneckerPosterior":
+            raise ValueError(error_message(
+                "the file given to KroneckerPrior.load", "a prior (written by KroneckerPrior.save)",
+                "a posterior file (written by KroneckerPosterior.save)",
+                "Load it with KroneckerPosterior.load(path).as_prior() to use the posterior as the next "
+                "prior (or KroneckerPosterior.load(path).prior for the prior it was built on)."))
+        out = super().from_state(state)
+        bad = [g.name for g in out if g.terms is not None or isinstance(g.precision, TwoTermPrecision)]
+        if bad:
+            raise ValueError(error_message(
+                "the precisions of the prior file", "one precision of the prior family per group (no two-term form)",
+                f"two-term (posterior) precisions in groups {bad[:4]}",
+                "Compress a posterior with as_prior() before saving it as a prior."))
+        return out
 
     def match(self, model: nn.Module, *, head: str | None = None) -> "KroneckerPrior":
         """This prior aligned with ``model``'s parameters.
@@ -165,6 +188,10 @@ class KroneckerPosterior(LayerwiseGaussian):
 
     Built by :func:`posterior`. :meth:`with_scales` re-evaluates it for new scales without a
     new decomposition; :meth:`as_prior` turns it into the prior of the next task.
+    :meth:`save` stores all of it (format version 2): the groups, the two terms of each
+    decomposed group, the prior, and ``alpha``, ``beta``, ``tau`` per group, so that after
+    :meth:`load` :meth:`kl_to_prior`, :meth:`with_scales`, :meth:`as_prior` and
+    :func:`~skkprior.certify.certify` give the results of the saved posterior.
 
     Attributes
     ----------
@@ -190,6 +217,36 @@ class KroneckerPosterior(LayerwiseGaussian):
             groups.append(moved)
         out = self._new(groups)
         out.prior = prior
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """:meth:`LayerwiseGaussian.state` plus the prior and the scales (floats) per group."""
+        out = super().state()
+        out["prior"] = self.prior.state()
+        out["scales"] = {key: {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                               for k, v in getattr(self, key).items()}
+                         for key in ("prior_scale", "likelihood_scale", "temperature")}
+        return out
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "KroneckerPosterior":
+        """Inverse of :meth:`state`, validated: the groups, the prior, the scales and their consistency."""
+        if isinstance(state, Mapping) and state.get("format") == FORMAT_NAME:
+            kind = state.get("class")
+            if kind != "KroneckerPosterior":
+                raise ValueError(error_message("the file given to KroneckerPosterior.load",
+                                               "a posterior (written by KroneckerPosterior.save)",
+                                               f"a file of class {kind!r}",
+                                               "Load a prior file with KroneckerPrior.load(path)."))
+            if "prior" not in state or "scales" not in state:
+                raise ValueError(error_message(
+                    "the posterior file", "one that holds its prior and its scales (format version 2)",
+                    f"format version {state.get('version')!r} without them",
+                    "Re-create the posterior and save it again; LayerwiseGaussian.load(path) still reads its "
+                    "mean and precision."))
+        out = super().from_state(state)
+        prior = KroneckerPrior.from_state(state["prior"])
+        _attach_loaded_prior(out, prior, state["scales"])
         return out
 
     def kl_to_prior(self):
@@ -250,6 +307,69 @@ class KroneckerPosterior(LayerwiseGaussian):
                     "head": self.prior.head, "weight_decay": self.prior.weight_decay,
                     "n_tasks": int(self.metadata.get("n_tasks", 1))}
         return KroneckerPrior(groups, metadata)
+
+
+def _attach_loaded_prior(post: KroneckerPosterior, prior: KroneckerPrior, scales: Any) -> None:
+    """Give a loaded posterior its prior and scales, after checking they belong together.
+
+    The prior term of each decomposed group becomes the prior's own precision object again
+    (as :func:`posterior` builds it), so the KL keeps its exact, cancellation-free path.
+    """
+    fix = "The file is corrupted or was edited; re-create the posterior and save it again."
+    if prior.fingerprint() != post.fingerprint() or list(prior.groups) != list(post.groups):
+        raise ValueError(error_message("the prior in the posterior file", "defined over the posterior's groups "
+                                       "and parameter shapes", f"groups {list(prior.groups)[:6]} against "
+                                       f"{list(post.groups)[:6]}", fix))
+    values: dict[str, dict[str, float]] = {}
+    for key in ("prior_scale", "likelihood_scale", "temperature"):
+        given = scales.get(key) if isinstance(scales, Mapping) else None
+        if not isinstance(given, Mapping) or set(given) != set(post.groups):
+            raise ValueError(error_message(f"{key} in the posterior file", "a value per group",
+                                           repr(given)[:80], fix))
+        values[key] = {k: check_positive(given[k], f"{key} of group '{k}' in the posterior file") for k in post.groups}
+
+    def close(a: float, b: float) -> bool:
+        return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
+
+    for name, g in post.groups.items():
+        p = prior.groups[name]
+        alpha, beta, tau = (values[k][name] for k in ("prior_scale", "likelihood_scale", "temperature"))
+        consistent = close(g.temperature, tau)
+        if g.terms is not None:  # a two-term posterior: its weights and its prior term
+            consistent = consistent and close(g.precision.alpha, alpha) and close(g.precision.beta, beta) \
+                and _same_state(g.terms[1].state(), p.precision.state())
+            if consistent:
+                g.terms = (g.terms[0], p.precision)
+        else:  # no curvature: alpha times the prior's precision
+            consistent = consistent and _same_state(g.precision.state(), p.precision.scaled(alpha).state())
+        if not consistent:
+            raise ValueError(error_message(f"group '{name}' of the posterior file",
+                                           "the posterior of its prior at its scales (alpha, beta, tau)",
+                                           f"a {type(g.precision).__name__} precision that does not match "
+                                           f"the prior's {type(p.precision).__name__} at alpha={alpha:g}, "
+                                           f"beta={beta:g}, tau={tau:g}", fix))
+    post.prior = prior
+    post.prior_scale = values["prior_scale"]
+    post.likelihood_scale = values["likelihood_scale"]
+    post.temperature = values["temperature"]
+
+
+def _same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two precision states describe the same matrix (tensors to 1e-12 relative, numbers likewise)."""
+    if set(a) != set(b):
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+            if x.shape != y.shape or not torch.allclose(x, y.to(x.device), rtol=1e-12, atol=0.0):
+                return False
+        elif isinstance(x, float) or isinstance(y, float):
+            if not math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=0.0):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, validate: bool) -> dict[str, Scalar]:

@@ -24,7 +24,8 @@ class MLP(nn.Module):
     Parameters
     ----------
     n_features : int
-        Input features (filled in by the estimators).
+        Input features (filled in by the estimators: the flattened size of one example, since
+        ``forward`` flattens N-D inputs such as images).
     n_classes : int
         Output classes (filled in by the estimators).
     hidden_sizes : sequence of int, default=(64,)

@@ -56,6 +56,7 @@ __all__ = [
 Scalar = float | torch.Tensor
 _F64 = torch.float64
 _REGISTRY: dict[str, type["Precision"]] = {}
+_CORRUPT_FIX = "The file is corrupted or was edited; re-create it with save()."
 
 
 class InverseFactors(NamedTuple):
@@ -209,6 +210,18 @@ class Precision(ABC):
         left, right, scale = self.inverse_factors()
         terms = other.projected_diagonal(left, right) * scale
         return terms * self.dim if terms.ndim == 0 else terms.sum()
+
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = False) -> None:
+        """Validate a precision read from a file for a group of coordinate shape ``size``.
+
+        Raises a clear ``ValueError`` naming ``name`` when the sizes do not match or the values do
+        not describe a positive definite matrix (``semidefinite``: positive semi-definite, for a
+        curvature term). Types with more structure check it too.
+        """
+        if self.dim != math.prod(size):
+            raise ValueError(error_message(name, f"of {math.prod(size)} parameters (shape {size})",
+                                           f"{self.dim} parameters", _CORRUPT_FIX))
+        self.check_valid(name)
 
     def check_valid(self, name: str) -> None:
         """Raise a clear ``ValueError`` unless the stored values describe a positive definite matrix."""
@@ -445,6 +458,11 @@ class DiagonalPrecision(Precision):
             return out
         return DiagonalPrecision(self.values * float(factor))
 
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = False) -> None:
+        if tuple(self.values.shape) not in (tuple(size), (math.prod(size),)):
+            raise ValueError(error_message(name, f"diagonal values of shape {tuple(size)}",
+                                           tuple(self.values.shape), _CORRUPT_FIX))
+
     def state(self) -> dict[str, Any]:
         return {"type": self.kind, "values": self.values.detach()}
 
@@ -570,6 +588,10 @@ class DiagonalDecomposed(TwoTermPrecision):
         # the posterior is diagonal: as a prior it is exact
         return DiagonalPrecision((self.f * beta + self.p * alpha).detach()), 0.0
 
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = False) -> None:
+        if tuple(self.f.shape) != tuple(size):
+            raise ValueError(error_message(name, f"terms of shape {tuple(size)}", tuple(self.f.shape), _CORRUPT_FIX))
+
     def state(self) -> dict[str, Any]:
         return {"type": self.kind, "f": self.f, "p": self.p, "beta": float(self.beta), "alpha": float(self.alpha),
                 "logdet_second": float(self.logdet_second)}
@@ -645,6 +667,11 @@ class DiagonalCurvature:
             p = p.expand(self.n, self.m).clone()
         return DiagonalDecomposed(self.values, p.reshape(self.n, self.m),
                                   logdet_second=prior.logdet().detach()), (self, prior)
+
+    def check_loaded(self, name: str, size: tuple[int, ...], *, semidefinite: bool = True) -> None:
+        if tuple(self.values.shape) != tuple(size):
+            raise ValueError(error_message(name, f"a diagonal curvature of shape {tuple(size)}",
+                                           tuple(self.values.shape), _CORRUPT_FIX))
 
     def state(self) -> dict[str, Any]:
         return {"type": self.kind, "values": self.values}

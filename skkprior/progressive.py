@@ -663,6 +663,8 @@ class ProgressivePriorClassifier(_BaseKronecker):
         y_enc = LabelEncoder().fit(classes).transform(y).astype(np.int64)
         X_fit, y_fit, X_val, y_val = self._validation_split(X, y_enc, seed)
         module = self._build_module(self.n_features_in_, len(classes), seed).to(self.device_)
+        # the data in the dtype of the column's parameters (float32 or float64; others: a clear error)
+        X, X_fit, X_val = (self._module_input(a, module) for a in (X, X_fit, X_val))
         graph, structure = _trace_column(module)
         if first:
             self._structure_ = structure
@@ -747,7 +749,7 @@ class ProgressivePriorClassifier(_BaseKronecker):
 
     def _probe(self, module: nn.Module, graph: fx.Graph, X: np.ndarray, n_classes: int) -> None:
         """Check the traced graph against the column's own forward and the logits' shape."""
-        x = torch.from_numpy(X[:1]).to(self.device_)
+        x = torch.from_numpy(X[:1]).to(self.device_)  # X is already in the column's dtype
         modes = [(m, m.training) for m in self.network_.modules()]
         self.network_.eval()
         try:
@@ -757,7 +759,9 @@ class ProgressivePriorClassifier(_BaseKronecker):
                     traced = _ColumnRunner(module, graph, lambda t, a, o: o).run(x)
                     out = self.network_(x)
                 except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                    fix = f"The network raised {type(exc).__name__}: {str(exc)[:200]}"
+                    fix = (f"The network {type(module).__name__} raised {type(exc).__name__}: {str(exc)[:200]}. "
+                           "Make its first layer match one example of X (n_features_in_="
+                           f"{self.n_features_in_}), or reshape X.")
                     raise ValueError(error_message("X", "inputs of the shape the network accepts", describe(X),
                                                    fix)) from exc
         finally:
@@ -829,7 +833,7 @@ class ProgressivePriorClassifier(_BaseKronecker):
         from .predictive import predict_proba_map, predict_proba_mc
 
         t = self._task_index(task)
-        Xc = self._check_X(X, reset=False)
+        Xc = self._module_input(self._check_X(X, reset=False), self.network_)
         Xt = torch.from_numpy(Xc)
         net = self.network_
         previous = net.active

@@ -203,3 +203,23 @@ def test_diagonal_posterior_evidence_matches_dense(tiny):
     diff = mq - mp
     expected = -curv.nll_sum - 0.5 * 0.5 * diff @ Pp @ diff - 0.5 * (torch.logdet(Pq) - torch.logdet(0.5 * Pp))
     torch.testing.assert_close(laplace_log_evidence(post, nll_sum=curv.nll_sum), expected, rtol=1e-10, atol=1e-9)
+
+
+def test_diagonal_posterior_round_trips_through_a_file(tiny, tmp_path):
+    from skkprior.laplace import KroneckerPosterior, KroneckerPrior
+
+    net, X, y = tiny
+    curv = diagonal_fisher(net, X, y, fisher="exact", progress=False)
+    post = posterior(isotropic_prior(net, weight_decay=2.0), curv, net, prior_scale=0.5, temperature=0.2)
+    path = tmp_path / "post.pt"
+    post.save(path)
+    back = KroneckerPosterior.load(path)
+    torch.testing.assert_close(back.kl_to_prior().total, post.kl_to_prior().total, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(back.with_scales(prior_scale=3.0).kl_to_prior().total,
+                               post.with_scales(prior_scale=3.0).kl_to_prior().total, rtol=1e-12, atol=1e-12)
+    prior = post.as_prior()
+    prior.save(tmp_path / "prior.pt")
+    again = KroneckerPrior.load(tmp_path / "prior.pt")
+    torch.testing.assert_close(again.to_dense()[1], prior.to_dense()[1], rtol=1e-14, atol=0.0)
+    with pytest.raises(ValueError, match="posterior file"):
+        KroneckerPrior.load(path)

@@ -18,8 +18,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+import skkprior
 from skkprior import KroneckerPrior, learn_prior
-from skkprior.datasets import data_home, load_mnist, pretrained_mnist_cnn
+from skkprior.datasets import cache_home, data_home, load_mnist, pretrained_mnist_cnn
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -43,6 +44,19 @@ def parse_args(description: str, extra: Sequence[tuple[str, dict[str, Any]]] = (
     return args
 
 
+def prior_path(*, weight_decay: float, kind: str = "kronecker", n_source: int | None = None,
+               fisher: str = "mc", compression: str = "nearest") -> Path:
+    """Where :func:`mnist_prior` caches a prior: ``<cache home>/priors/<key>.pt``.
+
+    The cache home is ``$SKKPRIOR_CACHE``, by default the data home
+    (:func:`skkprior.datasets.cache_home`); the key names the package version, so a prior
+    learned by another version of skkprior is never reused.
+    """
+    tag = f"mnist_{kind}_wd{weight_decay:g}_n{n_source or 'all'}_{fisher}"
+    tag += "" if kind == "isotropic" else f"_{compression}"
+    return cache_home() / "priors" / f"{tag}_skkprior-{skkprior.__version__}.pt"
+
+
 def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int | None = None,
                 device: str = "cpu", fisher: str = "mc", compression: str = "nearest",
                 cache: bool = True) -> KroneckerPrior:
@@ -50,12 +64,10 @@ def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int |
 
     The head ``classifier.2`` gets the zero-mean isotropic prior, so targets with another
     number of classes can use it. ``compression`` is :func:`skkprior.learn_prior`'s
-    (``"nearest"`` or ``"damped"``). Cached in ``<data home>/priors``.
+    (``"nearest"`` or ``"damped"``). Cached in :func:`prior_path`.
     """
-    tag = f"mnist_{kind}_wd{weight_decay:g}_n{n_source or 'all'}_{fisher}"
-    tag += ".pt" if kind == "isotropic" else f"_{compression}.pt"
-    folder = data_home() / "priors"
-    path = folder / tag
+    path = prior_path(weight_decay=weight_decay, kind=kind, n_source=n_source, fisher=fisher,
+                      compression=compression)
     if cache and path.exists():
         return KroneckerPrior.load(path, map_location=device)
     X, y, _, _ = load_mnist()
@@ -68,7 +80,7 @@ def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int |
                         generator=torch.Generator(device=device).manual_seed(0), progress=False)
     logging.getLogger("examples").info("learned %s prior in %.1f s", kind, time.perf_counter() - start)
     if cache:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         prior.to("cpu").save(path)
     return prior
 

@@ -83,16 +83,27 @@ posterior), ``python examples/bayesian_pretrained_cnn.py --quick --device cpu --
 (``a*d`` is ``alpha * delta``, ``p`` the precision of the isotropic control; AUROC F / A
 against Fashion-MNIST / Animal-MNIST.)
 
-Test size (``TEST``; about 28 s, 19 s of it the posterior), three data/sampling seeds
-(``run(args, **TEST, seed=s)``; the test runs seed 0)::
+Test size (``TEST``; about 25 s on one thread, 19 s of it the posterior), three data/sampling
+seeds (``run(args, **TEST, seed=s)``; the test runs seed 0), each on four CPU code paths (default
+AVX-512; ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``;
+``ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2``; 2 threads). The MAP rows are the
+same on every path; the posterior's are not: its eigenbases differ in the last bits, so its
+Monte-Carlo draws differ, and with 4 validation samples the chosen scales differ too::
 
-    | seed | MAP acc | MAP AUROC F / A | posterior MC: a*d, tau | acc    | AUROC F / A     |
-    | 0    | 1       | 0.9418 / 0.9470 | 10, 0.1                | 1      | 0.9674 / 0.9620 |
-    | 1    | 0.9933  | 0.9356 / 0.9692 | 10, 0.1                | 0.9933 | 0.9580 / 0.9845 |
-    | 2    | 1       | 0.9343 / 0.9627 | 0.1, 0.001             | 1      | 0.9636 / 0.9779 |
+    | seed | MAP acc | MAP AUROC F / A | posterior MC, per path: a*d, tau -> AUROC gain F / A          |
+    | 0    | 1       | 0.9418 / 0.9470 | 100, 0.1: +0.009 / -0.003    1, 0.01: +0.003 / -0.006       |
+    |      |         |                 | 1, 0.01: +0.009 / +0.007     0.1, 0.001: +0.004 / +0.004    |
+    | 1    | 0.9933  | 0.9356 / 0.9692 | 100, 0.1: +0.006 / +0.005    10, 0.1: +0.030 / +0.010       |
+    |      |         |                 | 100, 0.1: +0.010 / +0.002    10, 0.1: +0.024 / +0.015       |
+    | 2    | 1       | 0.9343 / 0.9627 | 10, 0.1: +0.046 / +0.027     100, 0.1: +0.035 / +0.018      |
+    |      |         |                 | 1, 0.01: +0.046 / +0.016     1, 0.001: +0.024 / +0.011      |
 
-The posterior's AUROC gain over the MAP is 0.022 - 0.029 (Fashion) and 0.015 (Animal) on
-every seed.
+(paths in the order above; the posterior keeps the MAP's accuracy in all 12 runs). The 24 AUROC
+gains have mean +0.015 and standard deviation 0.014 (min -0.006, max +0.046; 2 of 24
+negative): at this size the gain is not reliably positive, so the check allows
+``AUROC_SLACK_SMALL = 0.02`` (the mean minus 2.5 standard deviations; 3.5 times the largest
+deficit measured) for the sizes with OOD subsets (test and quick); the full run keeps
+``AUROC_SLACK_FULL = 0.002``.
 
 What it says, honestly:
 
@@ -140,6 +151,10 @@ from skkprior.predictive import linearized_logit_moments, predict_proba_map, pre
 
 NAME = "bayesian_pretrained_cnn"
 NLL_TOLERANCE = 0.01
+# posterior AUROC >= MAP AUROC - slack (module docstring): measured spread of the gain at test size
+# (sd 0.014 over 3 seeds x 4 CPU paths) and the full run's near-tie
+AUROC_SLACK_SMALL = 0.02
+AUROC_SLACK_FULL = 0.002
 DELTA = 1e-4  # delta: the isotropic precision; alpha multiplies it
 PRIOR_SCALES = (1e3, 1e4, 1e5, 1e6)  # alpha * delta from 0.1 to 100
 TEMPERATURES = (0.1, 0.01, 0.001)
@@ -308,18 +323,20 @@ def _check(result: dict[str, Any]) -> None:
     mp = by["MAP (pretrained CNN)"]
     # the pretrained net has (almost certainly) seen these digits: near-perfect held-out accuracy
     assert mp["accuracy"] >= 0.99, mp
-    # at full size a tie is allowed, the chosen posterior being nearly the MAP (-0.0005 .. +0.003)
-    slack = 0.002 if result["config"]["n_ood"] is None else 0.0
+    # at full size a tie is allowed, the chosen posterior being nearly the MAP (-0.0005 .. +0.003); on
+    # the OOD subsets of the test and quick sizes, the measured spread of the gain (module docstring)
+    full = result["config"]["n_ood"] is None
+    slack = AUROC_SLACK_FULL if full else AUROC_SLACK_SMALL
     for label in ("posterior, MC", "posterior, linearized"):
         if label not in by:  # the test size has the MC predictive only
             continue
         r = by[label]
         # in distribution, the posterior keeps the MAP's accuracy (tolerance: one or two digits)
         assert r["accuracy"] >= mp["accuracy"] - 0.01, (r, mp)
-        # out of distribution, it is at least as good at flagging foreign images
+        # out of distribution, it is at least as good at flagging foreign images (up to the slack)
         assert r["auroc_fashion"] >= mp["auroc_fashion"] - slack, (r, mp)
         assert r["auroc_animal"] >= mp["auroc_animal"] - slack, (r, mp)
-    if slack and "control: isotropic N(MAP, 1/p I), MC" in by:
+    if full and "control: isotropic N(MAP, 1/p I), MC" in by:
         control = by["control: isotropic N(MAP, 1/p I), MC"]  # measured +0.027 / +0.023 over the MAP
         assert control["auroc_fashion"] > mp["auroc_fashion"] + 0.01, (control, mp)
     # the compressed (learned-prior) forms: still no worse than the MAP at flagging foreign images

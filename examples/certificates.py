@@ -124,7 +124,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
-
 from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402

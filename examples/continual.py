@@ -81,10 +81,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
-
 from skkprior import KroneckerPriorClassifier  # noqa: E402
-from skkprior.datasets import (MnistCNN, Task, load_animal_mnist, load_fashion_mnist, load_mnist,  # noqa: E402
-                               permuted_tasks, pretrained_mnist_cnn, subsample_per_class)
+from skkprior.datasets import (  # noqa: E402
+    MnistCNN,
+    Task,
+    load_animal_mnist,
+    load_fashion_mnist,
+    load_mnist,
+    permuted_tasks,
+    pretrained_mnist_cnn,
+    subsample_per_class,
+)
 from skkprior.metrics import average_accuracy, evaluate, forgetting  # noqa: E402
 
 log = logging.getLogger("continual")

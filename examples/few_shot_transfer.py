@@ -55,7 +55,7 @@ Fashion-MNIST, while the MAP network under the same prior got 0.54 / 0.51 / 0.62
 Kronecker product per layer and is at least ``F_s + delta I`` in the positive semidefinite
 order, so it keeps the floor, at a larger Frobenius error (``nkp_error`` 0.015, 0.14, 0.13).
 Computing each MNIST prior (all 60,000 digits, MC Fisher) takes about 30 s on one CPU thread;
-it is cached in ``<data home>/priors``.
+it is cached in ``<cache home>/priors`` (``$SKKPRIOR_CACHE``, by default the data home).
 
 Run
 ---

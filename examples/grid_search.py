@@ -49,10 +49,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, save_figure, save_results  # noqa: E402
-
+from _shared import mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
 from skkprior import MLP, KroneckerPriorClassifier  # noqa: E402
-from skkprior.datasets import MnistCNN, data_home, load_animal_mnist, subsample_per_class  # noqa: E402
+from skkprior.datasets import MnistCNN, load_animal_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
 
 log = logging.getLogger("grid_search")
@@ -119,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     if c is not None:
         # make sure the cached file exists; the workers load it by path
         mnist_prior(weight_decay=1.0, device=args.device)
-        path = str(data_home() / "priors" / "mnist_kronecker_wd1_nall_mc_nearest.pt")
+        path = str(prior_path(weight_decay=1.0))
         Xa, ya, Xa_test, ya_test = load_animal_mnist()
         Xa, ya = subsample_per_class(Xa, ya, c["n_per_class"], random_state=0)
         pipe = Pipeline([("images", FunctionTransformer(to_images)),

@@ -55,8 +55,15 @@ from torch import nn
 
 from _shared import mean_std, mnist_prior, parse_args, save_results
 from skkprior import KroneckerPriorClassifier, learn_prior
-from skkprior.datasets import (MnistCNN, Task, dataset_sequence, load_fashion_mnist, load_mnist, split_tasks,
-                               subsample_per_class)
+from skkprior.datasets import (
+    MnistCNN,
+    Task,
+    dataset_sequence,
+    load_fashion_mnist,
+    load_mnist,
+    split_tasks,
+    subsample_per_class,
+)
 from skkprior.metrics import ece, forgetting, nll
 from skkprior.progressive import ProgressivePriorClassifier
 

@@ -113,6 +113,9 @@ class _Sums:
     n_samples: int = 0
     nll: torch.Tensor | None = None
     has_nll: bool = True
+    # per layer and factor ("A", "G"): (unit roundoff of the summation dtype, longest chain of
+    # terms summed in it before the float64 running sum); see Curvature.rounding
+    rounding: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, layers: dict[str, KroneckerLayer], method: str) -> "_Sums":
@@ -148,6 +151,9 @@ class _GramAccumulator:
         self.ones: torch.Tensor | None = None
         self.pending = 0
         self.upper = False
+        self.unit = 0.0      # unit roundoff of the dtype the products are summed in
+        self.chain = 0       # terms summed in that dtype since the last float64 flush
+        self.max_chain = 0
 
     def add(self, P: torch.Tensor) -> None:
         m, N = P.shape
@@ -167,6 +173,9 @@ class _GramAccumulator:
                 self.ones = torch.ones(N, dtype=P.dtype, device=P.device)
             self.buf_sum.addmv_(P, self.ones)
         self.pending += 1
+        self.unit = max(self.unit, torch.finfo(P.dtype).eps / 2)
+        self.chain += N + 1  # N products per entry, and one addition to the buffer
+        self.max_chain = max(self.max_chain, self.chain)
         if self.buf.dtype != torch.float64 and self.pending >= _FLUSH_EVERY:
             self._flush()
 
@@ -184,6 +193,7 @@ class _GramAccumulator:
         if self.buf_sum is not None:
             self.buf_sum.zero_()
         self.pending = 0
+        self.chain = 0
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """The float64 sums ``(P P^T, P 1)`` (None when nothing was added)."""
@@ -317,6 +327,19 @@ class Curvature:
         return dict(self._sums.positions)
 
     @property
+    def rounding(self) -> dict[str, dict[str, tuple[float, int]]]:
+        """How each factor was accumulated, for a rounding bound on its eigenvalues.
+
+        Per layer name and factor (``"G"``, ``"A"``): ``(u, k)``, the unit roundoff of the dtype
+        the per-batch products were summed in (``2^-24`` for float32 models, ``2^-53`` for
+        float64 ones) and the longest chain of terms summed in that dtype before they reach the
+        float64 running sums (the columns of up to four mini-batches, plus one addition each).
+        :func:`~skkprior.laplace.posterior` derives the tolerance of its positive semi-definite
+        projection from it.
+        """
+        return {k: dict(v) for k, v in self._sums.rounding.items()}
+
+    @property
     def merge_error(self) -> dict[str, float]:
         """K-FOC: the largest relative Frobenius error of a nearest-product merge, per layer."""
         if self.method == "kfoc" and self.n_samples > 0:
@@ -430,6 +453,11 @@ class Curvature:
         if sums.nll is not None:
             s.nll = sums.nll.to(self._device) if s.nll is None else s.nll + sums.nll.to(self._device)
         s.n_samples += sums.n_samples
+        for k, sides in sums.rounding.items():
+            mine = s.rounding.setdefault(k, {})
+            for side, (unit, chain) in sides.items():
+                old = mine.get(side, (0.0, 0))
+                mine[side] = (max(old[0], unit), max(old[1], chain))
         self._cache = None
 
     def _adopt(self, sums: _Sums) -> None:
@@ -911,6 +939,8 @@ class _Recorder:
             res = self.gg[name].result()
             if res is not None:
                 self.sums.S_G[name] = res[0]
+            self.sums.rounding[name] = {side: (acc.unit, acc.max_chain)
+                                        for side, acc in (("A", self.xx[name]), ("G", self.gg[name]))}
         self.sums.materialize(self.layers, device)
 
     # -- backward -------------------------------------------------------------------------

@@ -19,6 +19,10 @@ check does not depend on how a file was compressed) and a mismatch raises a ``Va
 - :func:`load_digits_images`: scikit-learn's digits as 8x8 or 28x28 images, seeded split;
 - :func:`load_mnist1d`: MNIST-1D, generated and cached, official 4,000 / 1,000 split.
 
+What skkprior generates rather than fetches (the MNIST-1D cache) is written into the *cache
+home*, :func:`cache_home`: the folder named by ``SKKPRIOR_CACHE``, by default the data home.
+The test suite points it at a temporary folder, so the data home stays read-only there.
+
 The image loaders return ``(X_train, y_train, X_test, y_test)`` as numpy arrays, ``X``
 ``float32`` of shape ``(n, 1, 28, 28)`` with values in ``[0, 1]`` and ``y`` ``int64``.
 :func:`pretrained_mnist_cnn` returns a small CNN trained on MNIST whose input normalization
@@ -53,6 +57,7 @@ from ._validation import error_message
 __all__ = [
     "MnistCNN",
     "Task",
+    "cache_home",
     "data_home",
     "dataset_sequence",
     "load_animal_mnist",
@@ -69,6 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENV_VAR = "SKKPRIOR_DATA"
+CACHE_ENV_VAR = "SKKPRIOR_CACHE"
 DEFAULT_DATA_HOME = "~/skkprior_data"
 FETCH_COMMAND = "bash scripts/fetch_data.sh"
 
@@ -130,6 +136,34 @@ def data_home(path: str | os.PathLike[str] | None = None) -> Path:
     """
     if path is None:
         path = os.environ.get(ENV_VAR) or DEFAULT_DATA_HOME
+    return Path(path).expanduser().absolute()
+
+
+def cache_home(path: str | os.PathLike[str] | None = None) -> Path:
+    """Folder for the caches skkprior writes (data it generates rather than fetches).
+
+    Parameters
+    ----------
+    path : str or path-like, default=None
+        An explicit folder. When ``None``, the environment variable ``SKKPRIOR_CACHE`` is used,
+        and when that is unset or empty, the data home (:func:`data_home`).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder, with ``~`` expanded. It is not created and need not exist.
+
+    Examples
+    --------
+    >>> cache_home("/tmp/my_cache")
+    PosixPath('/tmp/my_cache')
+    >>> cache_home().is_absolute()
+    True
+    """
+    if path is None:
+        path = os.environ.get(CACHE_ENV_VAR)
+        if not path:
+            return data_home()
     return Path(path).expanduser().absolute()
 
 
@@ -542,14 +576,15 @@ def load_mnist1d(*, data_home: str | os.PathLike[str] | None = None,
 
     Generated with the package ``mnist1d==0.0.2.post1`` by
     ``make_dataset(get_dataset_args())`` (its default, seeded arguments; never downloaded),
-    which takes about a second, and cached in ``<data home>/mnist1d/mnist1d.npz``. A cache
-    whose sha256 differs from the recorded one is rebuilt. The generator seeds Python's and
+    which takes about a second, and cached in ``<folder>/mnist1d/mnist1d.npz``, where the
+    folder is ``data_home`` when given, else :func:`cache_home` (``$SKKPRIOR_CACHE``, by default
+    the data home). A cache whose sha256 differs from the recorded one is rebuilt. The generator seeds Python's and
     numpy's global random states; they are restored afterwards.
 
     Parameters
     ----------
     data_home : str or path-like, default=None
-        Folder for the cache; see :func:`data_home`.
+        Folder for the cache. When ``None``, :func:`cache_home`.
     cache : bool, default=True
         Whether to read and write the cache. If writing fails, a warning is logged and the
         data are returned all the same.
@@ -573,7 +608,7 @@ def load_mnist1d(*, data_home: str | os.PathLike[str] | None = None,
     >>> X_train.shape, X_test.shape, X_train.dtype, y_test.dtype
     ((4000, 40), (1000, 40), dtype('float32'), dtype('int64'))
     """
-    path = _data_home_file(_MNIST1D_CACHE, data_home)
+    path = cache_home(data_home) / _MNIST1D_CACHE
     if cache and path.is_file():
         raw = path.read_bytes()
         if hashlib.sha256(raw).hexdigest() == _MNIST1D_SHA256:
@@ -591,10 +626,6 @@ def load_mnist1d(*, data_home: str | os.PathLike[str] | None = None,
                 logger.warning("the generated MNIST-1D differs from the recorded one (sha256); "
                                "another numpy or scipy may round differently")
     return arrays["X_train"], arrays["y_train"], arrays["X_test"], arrays["y_test"]
-
-
-def _data_home_file(relpath: str, home: str | os.PathLike[str] | None) -> Path:
-    return data_home(home) / relpath
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:

@@ -966,18 +966,23 @@ class PACBayesBoundEstimator(_BaseKronecker):
         certificate is then computed with fresh, independent draws.
         """
         from .bounds import certificate_from_errors
-        from .predictive import gibbs_error_count
+        from .predictive import _NonFiniteLogits, gibbs_error_count
 
         X_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
         kl_bound = "kl" if self.bound == "kl" else self.bound
         best = None
         factors = _CERTIFICATE_TEMPERATURE_GRID if self.temperatures is None else tuple(self.temperatures)
         grid = [(post, float(factor)) for post in candidates for factor in factors]
+        skipped: list[str] = []
         for i, (post, factor) in enumerate(grid):
             q = post.with_scales(temperature={k: float(v) * factor for k, v in post.temperature.items()})
             gen = torch.Generator(device=self.device_).manual_seed(self.random_seed_ + 101 + i)
-            errors, m = gibbs_error_count(module, q, X_t, y_t, passes=1, generator=gen,
-                                          batch_size=max(self.batch_size, 256))
+            try:
+                errors, m = gibbs_error_count(module, q, X_t, y_t, passes=1, generator=gen,
+                                              batch_size=max(self.batch_size, 256))
+            except _NonFiniteLogits as exc:  # too broad to evaluate: never the best
+                skipped.append(str(exc))
+                continue
             cert = certificate_from_errors(int(errors), int(m), n, float(q.kl_to_prior().total),
                                            delta=self.delta, delta_mc=self.delta_mc,
                                            union_size=self._union_size(), bound=kl_bound,
@@ -987,6 +992,14 @@ class PACBayesBoundEstimator(_BaseKronecker):
             key = (bound_value, cert.empirical_gibbs_risk)
             if best is None or key < best[0]:
                 best = (key, q)
+        if best is None:
+            raise ValueError(error_message(
+                f"the candidate posteriors of {type(self).__name__}", "evaluable (finite Gibbs logits)",
+                f"all {len(grid)} overflowing; first: {skipped[0]}",
+                "Raise weight_decay or prior_scales, or pass smaller temperatures."))
+        if skipped:
+            logger.warning("%s: %d of %d candidate posteriors overflow and are skipped; first: %s",
+                           type(self).__name__, len(skipped), len(grid), skipped[0])
         return best[1]
 
     def certify(self, X: Any, y: Any, *, protocol: str = "certificate", passes: int | None = None,

@@ -36,7 +36,7 @@ from torch import nn
 from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
 from ._validation import check_positive, error_message
 from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
-from .kron import Kron, KronSum, psd_projected
+from .kron import Kron, KronSum, positive_definite_nearest, psd_projected
 from .precision import TwoTermPrecision
 
 __all__ = [
@@ -286,6 +286,11 @@ class KroneckerPosterior(LayerwiseGaussian):
         route; a diagonal posterior stays exact); the relative Frobenius error per layer is
         stored in ``metadata["nkp_error"]`` and logged. Groups without curvature keep their
         precision type. The temperature is folded into the precision.
+        The factors are positive definite: eigenvalues at the float64 rounding level of the
+        compression (``4 size eps max``) are raised to that level (an ill-conditioned
+        curvature, condition ~1e10 and beyond, otherwise gave an indefinite prior that only the
+        next task's Cholesky noticed); a negative eigenvalue beyond it raises a ``ValueError``
+        here (:func:`skkprior.kron.positive_definite_nearest`).
         """
         if method not in ("gram", "power"):
             raise ValueError(error_message("method of as_prior", "'gram' or 'power'", method))
@@ -296,7 +301,7 @@ class KroneckerPosterior(LayerwiseGaussian):
             if g.terms is not None:
                 prec, errors[name] = g.precision.compress(
                     g.terms, float(self.likelihood_scale[name]) / tau, float(self.prior_scale[name]) / tau,
-                    method=method)
+                    method=method, name=name)
             else:
                 prec = g.precision.scaled(1.0 / tau)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer,
@@ -549,11 +554,11 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
-        F, _ = psd_projected(factors[name].to(torch.float64))
+        F, _ = psd_projected(factors[name], getattr(curvature, "rounding", {}).get(name))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         if compression == "nearest":
-            prec = total.nearest(method=nkp_method)
+            prec = positive_definite_nearest(total, nkp_method, name)
             errors[name] = float(total.nearest_error())
         else:
             prec = damped_kron(F, beta0, alpha0 * wd)
@@ -618,6 +623,7 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
         matched = prior
         params = {k: v.detach() for k, v in model.items()}
     factors = curvature if isinstance(curvature, Mapping) else curvature.factors
+    rounding = {} if isinstance(curvature, Mapping) else getattr(curvature, "rounding", {})
     groups: list[GaussianGroup] = []
     for g in matched:
         mean = g.from_params(params).to(torch.float64).to(g.mean.device).clone()
@@ -632,7 +638,7 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
             P_eff = P.scaled(1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
             # the curvature's structure decides the form (Kronecker: exact joint eigenbasis;
             # diagonal: beta f + alpha diag(P))
-            prec, terms = F.posterior_with(P_eff)
+            prec, terms = F.posterior_with(P_eff, rounding.get(g.name))
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
                                         prec, 1.0, terms))
         else:

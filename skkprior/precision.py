@@ -263,7 +263,7 @@ class TwoTermPrecision(Precision):
 
     @abstractmethod
     def compress(self, terms: tuple[Precision, Precision], beta: float, alpha: float, *,
-                 method: str = "gram") -> tuple[Precision, float]:
+                 method: str = "gram", name: str = "") -> tuple[Precision, float]:
         """``beta F + alpha P`` as one precision of the prior family, and its relative Frobenius error."""
 
     @property
@@ -584,7 +584,7 @@ class DiagonalDecomposed(TwoTermPrecision):
         return _project_diagonal(self._values(), left, right)
 
     def compress(self, terms: tuple[Precision, Precision], beta: float, alpha: float, *,
-                 method: str = "gram") -> tuple[Precision, float]:
+                 method: str = "gram", name: str = "") -> tuple[Precision, float]:
         # the posterior is diagonal: as a prior it is exact
         return DiagonalPrecision((self.f * beta + self.p * alpha).detach()), 0.0
 
@@ -660,8 +660,11 @@ class DiagonalCurvature:
     def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         return _project_diagonal(self.values, left, right)
 
-    def posterior_with(self, prior: Precision) -> tuple[DiagonalDecomposed, tuple[Any, Precision]]:
-        """``f + diag(P)``: a :class:`DiagonalDecomposed` whose KL to ``P`` stays exact, and its terms."""
+    def posterior_with(self, prior: Precision, accumulation: Any = None) -> tuple[DiagonalDecomposed, tuple[Any, Precision]]:
+        """``f + diag(P)``: a :class:`DiagonalDecomposed` whose KL to ``P`` stays exact, and its terms.
+
+        (``accumulation`` is not needed: sums of squares are non-negative in any rounding.)
+        """
         p = prior.projected_diagonal(None, None).to(device=self.device, dtype=_F64)
         if p.ndim == 0:
             p = p.expand(self.n, self.m).clone()

@@ -92,6 +92,65 @@ _F64 = torch.float64
 _CHUNK_ELEMENTS = 1 << 22
 
 
+class _NonFiniteLogits(ValueError):
+    """Logits that overflowed the network's dtype (or float64) although the inputs are finite.
+
+    A ``ValueError`` for the user; :func:`~skkprior.tuning.tune_validation` and the estimators'
+    grids catch this class to skip a grid point whose posterior is too broad to evaluate.
+    """
+
+
+def _scales_text(gaussian: Any) -> str:
+    """The posterior's ``temperature``, ``prior_scale`` and prior ``weight_decay``, as far as recorded."""
+    parts = []
+    for attr in ("temperature", "prior_scale"):
+        values = getattr(gaussian, attr, None)
+        if attr == "temperature" and not isinstance(values, Mapping):  # a plain Gaussian: its groups'
+            values = {g.name: g.temperature for g in gaussian} if isinstance(gaussian, LayerwiseGaussian) else None
+        if isinstance(values, Mapping) and values:
+            fl = sorted({float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for v in values.values()})
+            parts.append(f"{attr} {fl[0]:.3g}" if len(fl) == 1 else f"{attr} {fl[0]:.3g} .. {fl[-1]:.3g}")
+    metadata = getattr(gaussian, "metadata", None) or {}
+    for key, label in (("weight_decay", "weight_decay"), ("prior_scale_factor", "prior scaled by")):
+        if isinstance(metadata.get(key), (int, float)) and not isinstance(metadata.get(key), bool):
+            parts.append(f"{label} {float(metadata[key]):.3g}")
+    return ", ".join(parts) if parts else "scales not recorded"
+
+
+_TOO_BROAD_FIX = ("The posterior is too broad for the network: its draws overflow. Lower temperature, or "
+                  "raise prior_scale or weight_decay (the prior precision), e.g. by factors of 10 until "
+                  "predictions are finite; predictive='linearized' has a finite limit (uniform) instead.")
+
+
+def _check_draw_logits(logits: torch.Tensor, where: str, gaussian: Any, dtype: torch.dtype) -> torch.Tensor:
+    """Raise :class:`_NonFiniteLogits` naming the scales when logits of posterior draws are not finite.
+
+    The inputs and the logits at the mean were checked before, so a non-finite logit here
+    comes from a draw that overflowed the network's dtype (softmax and argmax over it would
+    give NaN and the first class). No finite answer exists in that dtype, so this is an error,
+    not a value.
+    """
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        raise _NonFiniteLogits(error_message(
+            f"the logits of the posterior draws in {where}", f"finite in the network's dtype ({dtype})",
+            f"{n_bad} non-finite logits of {logits.numel()} ({_scales_text(gaussian)})", _TOO_BROAD_FIX))
+    return logits
+
+
+def _check_mean_logits(logits: torch.Tensor, where: str) -> torch.Tensor:
+    """Raise naming the model when the network's logits at its (mean) parameters are not finite."""
+    finite = torch.isfinite(logits)
+    if not bool(finite.all()):
+        raise ValueError(error_message(
+            f"the model's logits in {where}", "finite",
+            f"{int((~finite).sum())} non-finite logits of {logits.numel()} for finite inputs",
+            "The network's parameters hold non-finite or overflowing values (e.g. diverged training); "
+            "retrain with a smaller lr or a larger weight_decay."))
+    return logits
+
+
 # -- argument checks ------------------------------------------------------------------------------
 def _check_int(value: Any, name: str, fix: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -258,6 +317,7 @@ def _probe(runner: _Runner, X: torch.Tensor, params: Mapping[str, torch.Tensor] 
         raise ValueError(error_message("the model's output", "logits of shape (n_examples, n_classes)",
                                        out if isinstance(out, torch.Tensor) else type(out).__name__,
                                        "Return raw logits from forward()."))
+    _check_mean_logits(out, "a forward pass at the mean parameters")
     return int(out.shape[1])
 
 
@@ -443,7 +503,8 @@ def predict_proba_map(model: nn.Module, X: Any, *, batch_size: int = 1024,
         _probe(runner, X)
         with torch.no_grad():
             for start, stop in _batches(X.shape[0], batch_size):
-                out.append(torch.softmax(runner(None, runner.batch(X, start, stop)).to(_F64), dim=-1))
+                logits = _check_mean_logits(runner(None, runner.batch(X, start, stop)), "predict_proba_map")
+                out.append(torch.softmax(logits.to(_F64), dim=-1))
     return torch.cat(out)
 
 
@@ -519,6 +580,8 @@ def predict_proba_mc(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *, n
                 batched = vmap(logits_of, in_dims=(0, None))
                 for start, stop in _batches(X.shape[0], batch_size):
                     logits = batched(params, runner.batch(X, start, stop))  # (k, B, C)
+                    _check_draw_logits(logits, "predict_proba_mc", gaussian, runner.dtype)
+                    # float64 softmax subtracts the row maximum: exact for any finite logits
                     total[start:stop] += torch.softmax(logits.to(_F64), dim=-1).sum(dim=0)
                 done += k
     return total / n_samples
@@ -610,6 +673,14 @@ def linearized_logit_moments(model: nn.Module, posterior: LayerwiseGaussian, X: 
     >>> mu.shape, cov.shape, bool(torch.allclose(cov, cov.mT))
     (torch.Size([5, 3]), torch.Size([5, 3, 3]), True)
     """
+    mean, cov = _linearized_moments(model, posterior, X, batch_size=batch_size, device=device)
+    _check_variances(cov, "linearized_logit_moments", posterior)
+    return mean, cov
+
+
+def _linearized_moments(model: nn.Module, posterior: LayerwiseGaussian, X: Any, *, batch_size: int,
+                        device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`linearized_logit_moments` without the NaN check on the covariance's off-diagonal."""
     batch_size = _check_int(batch_size, "batch_size")
     X = _as_input(X)
     posterior = _check_gaussian(model, posterior, "posterior")
@@ -673,7 +744,7 @@ def _linearized_batch(runner: _Runner, posterior: LayerwiseGaussian, layers: lis
             cov += _layer_logit_cov(f, torch.cat(a_parts, dim=1), torch.cat(g_parts, dim=2))
     records.clear()  # free the recorded activations before the isotropic Jacobians
     outputs.clear()
-    mean = logits.detach().to(_F64)
+    mean = _check_mean_logits(logits.detach(), "the linearized predictive").to(_F64)
     if iso:
         names = [g.parameter_names[0] for g, _ in iso]
         fixed = {k: v.detach() for k, v in params.items() if k not in names}
@@ -733,9 +804,21 @@ def predict_proba_linearized(model: nn.Module, posterior: LayerwiseGaussian, X: 
     """
     if link != "probit":
         raise ValueError(error_message("link", "'probit'", repr(link)))
-    mean, cov = linearized_logit_moments(model, posterior, X, batch_size=batch_size, device=device)
-    kappa = torch.rsqrt(1.0 + math.pi / 8.0 * torch.diagonal(cov, dim1=-2, dim2=-1))
+    mean, cov = _linearized_moments(model, posterior, X, batch_size=batch_size, device=device)
+    var = torch.diagonal(cov, dim1=-2, dim2=-1)
+    _check_variances(var, "predict_proba_linearized", posterior)
+    # var is a sum of non-negative terms: +inf only when it overflows float64, and then
+    # kappa = 0 is the limit (mean * kappa -> 0: the uniform predictive, exact to rounding)
+    kappa = torch.rsqrt(1.0 + math.pi / 8.0 * var)
     return torch.softmax(mean * kappa, dim=-1)
+
+
+def _check_variances(values: torch.Tensor, where: str, posterior: Any) -> None:
+    """NaN in the linearized logit moments: terms overflowed float64 (inf - inf or 0 * inf)."""
+    if bool(torch.isnan(values).any()):
+        raise _NonFiniteLogits(error_message(
+            f"the linearized logit covariance in {where}", "free of NaN (it overflowed float64)",
+            f"{int(torch.isnan(values).sum())} NaN entries ({_scales_text(posterior)})", _TOO_BROAD_FIX))
 
 
 # -- Gibbs classifier -----------------------------------------------------------------------------
@@ -893,6 +976,11 @@ def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor
         raise ValueError(error_message("method", "'auto', 'fast' or 'general'", repr(method)))
     gaussian = _check_gaussian(model, gaussian, "gaussian")
     runner = _Runner(model, device)
+    reduce_raw = reduce
+
+    def reduce(logits: torch.Tensor) -> Any:  # argmax over NaN would silently pick class 0
+        return reduce_raw(_check_draw_logits(logits, "the Gibbs classifier", gaussian, runner.dtype))
+
     with _eval_mode(model):
         params = runner.gaussian_mean(gaussian)
         n_classes = _probe(runner, X, params)

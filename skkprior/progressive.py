@@ -101,8 +101,17 @@ from torch.func import functional_call
 
 from ._layers import kronecker_layers
 from ._validation import describe, error_message
-from .estimators import (_VALIDATION_PRIOR_GRID, _VALIDATION_TEMPERATURE_GRID, _Anything, _BaseKronecker,
-                         _OpenUnit, _Options, _Positive, _resolve_device, _seed_from)
+from .estimators import (
+    _VALIDATION_PRIOR_GRID,
+    _VALIDATION_TEMPERATURE_GRID,
+    _Anything,
+    _BaseKronecker,
+    _OpenUnit,
+    _Options,
+    _Positive,
+    _resolve_device,
+    _seed_from,
+)
 from .gaussian import GaussianGroup, LayerwiseGaussian
 from .laplace import KroneckerPrior, _zero_isotropic_layer_group, posterior
 from .tuning import tune_marglik, tune_pac_bayes, tune_validation

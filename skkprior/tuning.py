@@ -321,7 +321,9 @@ def tune_pac_bayes(posterior: Any, *, nll_sum: float, n: int, objective: Objecti
         value0 = float(obj(materialize(), log_C))
     if not math.isfinite(value0):
         raise ArithmeticError(error_message("the PAC-Bayes objective at the starting scales", "finite",
-                                            value0, "Check the curvature and prior for non-finite entries."))
+                                            value0, "Check the curvature and prior for non-finite entries, "
+                                            "and the starting scales: a temperature or 1 / prior_scale "
+                                            "(or 1 / weight_decay of the prior) near 1e300 overflows the KL."))
     best_value = value0
     best_state = [leaf.detach().clone() for leaf in leaves]
     history = [value0]
@@ -375,22 +377,39 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
     ``history`` holds the NLL of every grid point in row-major order (prior scale outer).
     """
     from .metrics import nll
-    from .predictive import predict_proba_linearized, predict_proba_mc
+    from .predictive import _NonFiniteLogits, predict_proba_linearized, predict_proba_mc
 
+    if predictive not in ("mc", "linearized"):
+        raise ValueError(error_message("predictive", "'mc' or 'linearized'", predictive))
     y = torch.as_tensor(y_val)
     results = []
+    skipped: list[str] = []
     for a in prior_scales:
         for t in temperatures:
             q = posterior.with_scales(prior_scale=float(a), temperature=float(t))
-            if predictive == "mc":
-                gen = None if generator is None else torch.Generator(device=generator.device).manual_seed(
-                    int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
-                proba = predict_proba_mc(model, q, X_val, n_samples=n_samples, generator=gen, batch_size=batch_size)
-            elif predictive == "linearized":
-                proba = predict_proba_linearized(model, q, X_val, batch_size=batch_size)
-            else:
-                raise ValueError(error_message("predictive", "'mc' or 'linearized'", predictive))
-            results.append((float(nll(proba.cpu().numpy(), y.cpu().numpy())), float(a), float(t)))
+            try:
+                if predictive == "mc":
+                    gen = None if generator is None else torch.Generator(device=generator.device).manual_seed(
+                        int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
+                    proba = predict_proba_mc(model, q, X_val, n_samples=n_samples, generator=gen,
+                                             batch_size=batch_size)
+                else:
+                    proba = predict_proba_linearized(model, q, X_val, batch_size=batch_size)
+                value = float(nll(proba.cpu().numpy(), y.cpu().numpy()))
+            except _NonFiniteLogits as exc:  # a grid point too broad to evaluate: never the best
+                skipped.append(f"(prior_scale {float(a):.3g}, temperature {float(t):.3g}): {exc}")
+                value = math.inf
+            # a NaN would make min() depend on the grid order; it ranks last like an overflow
+            results.append((value if math.isfinite(value) else math.inf, float(a), float(t)))
+    if skipped and len(skipped) < len(results):
+        logger.warning("tune_validation: %d of %d grid points overflow and are skipped; first: %s",
+                       len(skipped), len(results), skipped[0])
+    if all(r[0] == math.inf for r in results):
+        raise ValueError(error_message(
+            "the validation grid of tune_validation", "at least one point with a finite validation NLL",
+            f"none finite over prior_scales {[float(a) for a in prior_scales]} and temperatures "
+            f"{[float(t) for t in temperatures]}" + (f"; first overflow: {skipped[0]}" if skipped else ""),
+            "Pass smaller temperatures or larger prior_scales (or a larger weight_decay of the prior)."))
     start_nll = results[0][0]
     best = min(results)
     tuned = posterior.with_scales(prior_scale=best[1], temperature=best[2])

@@ -1,4 +1,8 @@
-"""Shared test set-up: one torch thread, deterministic seeds."""
+"""Shared test set-up: deterministic Hypothesis profile and seeds.
+
+The torch thread count, the temporary cache folder and the ``data`` marker are set up in the
+repository's ``conftest.py``, which the doctests share.
+"""
 
 import os
 
@@ -12,9 +16,6 @@ from hypothesis import settings
 settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", max_examples=300, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
-
-torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

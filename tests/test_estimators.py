@@ -122,7 +122,9 @@ def test_validation_scaling_beats_fixed_broad_posterior(iris):
     assert tuned.score(X, y) > 0.9
     from skkprior.metrics import nll
 
-    assert nll(tuned.predict_proba(X), y) < nll(fixed.predict_proba(X), y)
+    # measured (random_state 0 - 5, one thread, default CPU path): tuned 0.12 - 0.16,
+    # fixed 0.74 - 0.90 nats, a gap of 0.58 or more; the margin 0.3 is half the smallest gap
+    assert nll(tuned.predict_proba(X), y) < nll(fixed.predict_proba(X), y) - 0.3
 
 
 def test_marglik_scaling_is_the_evidence_maximum(iris, caplog):
@@ -271,8 +273,9 @@ def test_pac_bayes_prior_grid_pays_union_bound(iris):
 
 def test_pac_bayes_falls_back_to_the_laplace_posterior_when_tuning_is_vacuous(iris, monkeypatch):
     """The Taylor-tuned scales compete with alpha = beta = tau = 1 by the measured bound."""
-    import skkprior.estimators as estimators
     from types import SimpleNamespace
+
+    import skkprior.estimators as estimators
 
     def vacuous(post, **kwargs):  # a posterior 1e6 times sharper than the Laplace one: KL in the millions
         return SimpleNamespace(posterior=post.with_scales(likelihood_scale=1e6))
@@ -285,8 +288,9 @@ def test_pac_bayes_falls_back_to_the_laplace_posterior_when_tuning_is_vacuous(ir
 
 
 def test_pac_bayes_temperature_grid_and_paper_samples(iris, monkeypatch):
-    import skkprior.estimators as estimators
     from types import SimpleNamespace
+
+    import skkprior.estimators as estimators
 
     X, y = iris
     monkeypatch.setattr(estimators, "tune_pac_bayes",

@@ -2,8 +2,9 @@
 
 Each test calls the example's ``run(args)`` on a smaller configuration (``args.overrides``) and
 checks the claims with thresholds set from measured runs (quoted in each test). Real data and
-the pretrained network are needed (``bash scripts/fetch_data.sh``); the MNIST priors are cached
-in the data home after the first run.
+the pretrained network are needed (``bash scripts/fetch_data.sh``; the ``data`` marker skips the
+tests without them); the MNIST priors are cached once per session in the temporary cache folder
+(``$SKKPRIOR_CACHE``, see the repository's ``conftest.py``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 def _example(name: str):
     pytest.importorskip("skorch")
-    try:
-        from skkprior.datasets import load_fashion_mnist, pretrained_mnist_cnn
-
-        load_fashion_mnist()
-        pretrained_mnist_cnn()
-    except FileNotFoundError as exc:  # pragma: no cover - data not fetched
-        pytest.skip(str(exc))
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     return importlib.import_module(name)

@@ -6,8 +6,9 @@ samples, to fit the test suite's CPU budget); the examples assert their own clai
 tests assert them again with thresholds measured on exactly this configuration (numbers below
 and in each example's docstring). Everything is seeded, so a run is deterministic up to
 floating-point rounding; the margins are several times the spread measured across seeds.
-The MNIST prior of ``few_shot_transfer`` is cached in ``<data home>/priors`` after its first
-computation (about 30 s per prior on one CPU thread).
+The MNIST priors of ``few_shot_transfer`` are cached after their first computation (about 30 s
+per prior on one CPU thread) in the session's temporary cache folder (``$SKKPRIOR_CACHE``, see
+the repository's ``conftest.py``), so the other example tests reuse them.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
+# real data and the pretrained network: skipped when they are missing (see conftest.py)
+pytestmark = pytest.mark.data
+
 
 def _example(name: str):
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     pytest.importorskip("skorch")
-    try:
-        from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
-
-        load_mnist(), load_fashion_mnist(), load_animal_mnist(), pretrained_mnist_cnn()
-    except FileNotFoundError as exc:  # pragma: no cover - the README's test command fetches the data
-        pytest.skip(f"offline data missing: {exc}")
     return importlib.import_module(name)
 
 
@@ -50,11 +48,16 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
     # the pretrained network has (almost certainly) seen these digits
     assert mp["accuracy"] >= 0.99
     assert post["accuracy"] >= mp["accuracy"] - 0.01
-    # OOD: the posterior's max-probability AUROC is at least the MAP network's (measured at
-    # this size, seeds 0 / 1 / 2: Fashion 0.942 -> 0.967, 0.936 -> 0.958, 0.934 -> 0.964;
-    # Animal 0.947 -> 0.962, 0.969 -> 0.985, 0.963 -> 0.978: a gain of 0.015 or more each time)
-    assert post["auroc_fashion"] >= mp["auroc_fashion"]
-    assert post["auroc_animal"] >= mp["auroc_animal"]
+    # OOD: the posterior's max-probability AUROC is at least the MAP network's, up to the measured
+    # spread. Measured at this size, seeds 0 / 1 / 2, each on four CPU paths (default AVX-512, AVX2,
+    # ATen default + MKL SSE4.2, 2 threads; table in the example's docstring): the gain over the MAP
+    # has mean +0.015, sd 0.014, min -0.006 (seed 0, AVX2 path: Animal 0.9470 -> 0.9413), max +0.046;
+    # the posterior's Monte-Carlo draws, hence its chosen scales, differ between paths. Margin:
+    # AUROC_SLACK_SMALL = 0.02, the mean minus 2.5 sd (pinned here, so widening it needs a new measurement).
+    slack = example.AUROC_SLACK_SMALL
+    assert slack == 0.02
+    assert post["auroc_fashion"] >= mp["auroc_fashion"] - slack
+    assert post["auroc_animal"] >= mp["auroc_animal"] - slack
     # the scales were chosen on validation digits only, inside the NLL tolerance
     chosen = result["chosen"]["mc"]
     assert chosen["nll"] <= result["validation"]["map"]["nll"] + example.NLL_TOLERANCE

@@ -10,8 +10,12 @@ from torch.func import functional_call, jacrev, vmap
 from skkprior import isotropic_prior, posterior
 from skkprior.curvature import diagonal_fisher, kfac
 from skkprior.kron import Kron, KronDecomposed
-from skkprior.precision import (DiagonalCurvature, DiagonalDecomposed, DiagonalPrecision, IsotropicPrecision,
-                                precision_from_state)
+from skkprior.precision import (
+    DiagonalCurvature,
+    DiagonalPrecision,
+    IsotropicPrecision,
+    precision_from_state,
+)
 from skkprior.testing import PrecisionTests, random_psd, random_spd
 from skkprior.tuning import SCALE_NAMES, PACBayesObjective, laplace_log_evidence
 

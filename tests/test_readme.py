@@ -32,3 +32,9 @@ def test_readme_commands():
     assert "test-command-begin" in ci
     block = text.split("<!-- test-command-begin -->")[1].split("<!-- test-command-end -->")[0]
     assert "pip install torch==2.13.0" in block and "fetch_data.sh" in block and "pytest" in block
+    assert "ruff check ." in block and "SKKPRIOR_REQUIRE_DATA=1" in block
+    # the getting-started page shows the same command (without the docs toolchain)
+    (command,) = re.findall(r"```\n(.*?)\n```", block, flags=re.S)
+    page = (README.parent / "docs" / "getting-started.md").read_text()
+    simple = command.replace('".[test,docs]"', '".[test]"').replace("SKKPRIOR_REQUIRE_DOCS=1 ", "")
+    assert simple in page

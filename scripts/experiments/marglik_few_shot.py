@@ -23,6 +23,7 @@ from _shared import mnist_prior
 from skkprior import KroneckerPriorClassifier
 from skkprior.datasets import MnistCNN, load_animal_mnist, subsample_per_class
 from skkprior.metrics import evaluate
+
 Xtr, ytr, Xte, yte = load_animal_mnist()
 keep = np.sort(np.random.default_rng(0).choice(len(yte), 300, replace=False)); Xte, yte = Xte[keep], yte[keep]
 priors = {"learned": mnist_prior(weight_decay=1e-2, compression="damped"),

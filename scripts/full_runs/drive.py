@@ -14,6 +14,7 @@ import time
 
 sys.path.insert(0, "examples"); sys.path.insert(0, ".")
 import torch
+
 torch.set_num_threads(2)
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -24,6 +25,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s
 args = argparse.Namespace(device=dev, quick=False, seeds=None, out=out, threads=None)
 t0 = time.perf_counter()
 import _shared
+
 if job == "priors":
     for kw in [dict(weight_decay=1e-2, compression="damped"), dict(weight_decay=1e-2, compression="nearest"),
                dict(weight_decay=1e-2, kind="isotropic"), dict(weight_decay=1.0, compression="nearest"),

@@ -17,10 +17,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "examples"), str(ROOT)]
 
-import _shared  # noqa: E402
 import certificates  # noqa: E402
 import continual  # noqa: E402
 import few_shot_transfer  # noqa: E402
+
+import _shared  # noqa: E402
 
 RESULTS = ROOT / "examples" / "results"
 

@@ -68,17 +68,18 @@ from torch import nn
 from ._layers import KroneckerLayer, kronecker_layers, uncovered_parameters
 from ._validation import check_device, describe, error_message
 from .kron import Kron, KronSum
+from .precision import DiagonalCurvature
 
-__all__ = ["Curvature", "kfac", "kfoc"]
+__all__ = ["Curvature", "diagonal_fisher", "kfac", "kfoc"]
 
 logger = logging.getLogger(__name__)
 
 FisherType = Literal["mc", "exact", "empirical"]
-MethodType = Literal["kfac", "kfoc"]
+MethodType = Literal["kfac", "kfoc", "diag"]
 LikelihoodType = Literal["classification", "regression"]
 
 _FISHERS = ("mc", "exact", "empirical")
-_METHODS = ("kfac", "kfoc")
+_METHODS = ("kfac", "kfoc", "diag")
 _LIKELIHOODS = ("classification", "regression")
 
 # Power iteration of K-FOC: stop when the normalized input factor changes by less than this.
@@ -108,6 +109,7 @@ class _Sums:
     S_G: dict[str, torch.Tensor]
     positions: dict[str, int]
     terms: dict[str, list[Kron]] = field(default_factory=dict)
+    S_D: dict[str, torch.Tensor] = field(default_factory=dict)  # diag: sum of squared per-example gradients
     n_samples: int = 0
     nll: torch.Tensor | None = None
     has_nll: bool = True
@@ -116,9 +118,9 @@ class _Sums:
     rounding: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, layers: dict[str, KroneckerLayer], kfoc: bool) -> "_Sums":
+    def empty(cls, layers: dict[str, KroneckerLayer], method: str) -> "_Sums":
         return cls(S_A={}, S_G={}, positions={k: 0 for k in layers},
-                   terms={k: [] for k in layers} if kfoc else {})
+                   terms={k: [] for k in layers} if method == "kfoc" else {})
 
     def materialize(self, layers: dict[str, KroneckerLayer], device: torch.device) -> None:
         """Allocate zeros for the missing sums."""
@@ -296,9 +298,9 @@ class Curvature:
             raise ValueError(error_message("kfoc_max_terms", "a positive integer", kfoc_max_terms))
         self.kfoc_max_terms = kfoc_max_terms
         self._device = torch.device("cpu") if device is None else check_device(device)
-        self._sums = _Sums.empty(self.layers, self.method == "kfoc")
+        self._sums = _Sums.empty(self.layers, self.method)
         self._merge_error: dict[str, float] = {k: 0.0 for k in self.layers}
-        self._cache: dict[str, Kron] | None = None
+        self._cache: dict[str, Any] | None = None
         self._options: dict[str, Any] = {}
 
     # -- read-only views ------------------------------------------------------------------
@@ -345,8 +347,9 @@ class Curvature:
         return dict(self._merge_error)
 
     @property
-    def factors(self) -> dict[str, Kron]:
-        """``Kron(G_out, A_in)`` per layer name, float64, on :attr:`device` (fresh tensors).
+    def factors(self) -> dict[str, Any]:
+        """``Kron(G_out, A_in)`` per layer name (``method="diag"``: a
+        :class:`~skkprior.precision.DiagonalCurvature`), float64, on :attr:`device` (fresh tensors).
 
         Raises
         ------
@@ -358,6 +361,8 @@ class Curvature:
                                            "an empty curvature", "Call update(model, X, y) first."))
         if self._cache is None:
             self._cache = self._compute_factors()
+        if self.method == "diag":
+            return {k: DiagonalCurvature(v.values.clone()) for k, v in self._cache.items()}
         return {k: Kron(v.G.clone(), v.A.clone()) for k, v in self._cache.items()}
 
     def _kfac_input_factor(self, name: str) -> torch.Tensor:
@@ -373,12 +378,18 @@ class Curvature:
             return torch.zeros(n, n, dtype=torch.float64, device=self._device)
         return self._sums.S_G[name]
 
-    def _compute_factors(self) -> dict[str, Kron]:
-        out: dict[str, Kron] = {}
+    def _compute_factors(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         unused = [k for k, c in self._sums.positions.items() if c == 0]
         if unused:
             warnings.warn(f"Layers {unused} were never called in the forward passes; their "
                           "curvature is zero.", RuntimeWarning, stacklevel=3)
+        if self.method == "diag":
+            for name, layer in self.layers.items():
+                S_D = self._sums.S_D.get(name)
+                out[name] = DiagonalCurvature(S_D.clone() if S_D is not None else torch.zeros(
+                    layer.n, layer.m, dtype=torch.float64, device=self._device))
+            return out
         for name in self.layers:
             A_kfac = self._kfac_input_factor(name)
             if self.method == "kfac":
@@ -423,7 +434,7 @@ class Curvature:
     def _add_sums(self, sums: _Sums) -> None:
         s = self._sums
         for k in self.layers:
-            for mine, theirs in ((s.S_A, sums.S_A), (s.S_G, sums.S_G)):
+            for mine, theirs in ((s.S_A, sums.S_A), (s.S_G, sums.S_G), (s.S_D, sums.S_D)):
                 if k not in theirs:
                     continue
                 t = theirs[k].to(self._device)
@@ -552,7 +563,7 @@ class Curvature:
                                            str({k: (v.n, v.m) for k, v in layers.items()}),
                                            "Update with the model the curvature was computed on."))
         sums = _run_pass(model, X, y, layers=self.layers, fisher=self.fisher, likelihood=self.likelihood,
-                         kfoc=self.method == "kfoc", device=device, **opts)
+                         method=self.method, device=device, **opts)
         self._add_sums(sums)
         return self
 
@@ -830,11 +841,12 @@ def _gram(X: torch.Tensor) -> torch.Tensor:
 class _Recorder:
     """Installs the hooks of one pass and accumulates one mini-batch at a time."""
 
-    def __init__(self, model: nn.Module, layers: dict[str, KroneckerLayer], sums: _Sums, kfoc: bool) -> None:
+    def __init__(self, model: nn.Module, layers: dict[str, KroneckerLayer], sums: _Sums, method: str) -> None:
         self.model = model
         self.layers = layers
         self.sums = sums
-        self.kfoc = kfoc
+        self.method = method
+        self.kfoc = method in ("kfoc", "diag")  # both keep the per-example inputs and gradients
         self.modules = dict(model.named_modules())
         self.handles: list[Any] = []
         self.leaves: list[torch.Tensor] = []
@@ -969,6 +981,13 @@ class _Recorder:
                     parts.append(gm if gm is not None else a.new_zeros(a.shape[0], layer.n, U.shape[2]))
                 g_vecs.append(torch.cat(parts, dim=2))
             g = torch.stack(g_vecs).to(a.dtype)  # (V, B, n, T)
+            if self.method == "diag":
+                square = _diagonal_batch(a, g)
+                if name in self.sums.S_D:
+                    self.sums.S_D[name] += square
+                else:
+                    self.sums.S_D[name] = square
+                continue
             term = _kfoc_batch(a, g)
             if term is not None:
                 self.sums.terms[name].append(term)
@@ -1004,6 +1023,22 @@ class _GramSide:
 
 def _power_tol(dtype: torch.dtype) -> float:
     return max(_POWER_TOL, 100 * torch.finfo(dtype).eps)
+
+
+def _diagonal_batch(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``sum_{v,b} X_vb o X_vb`` (float64) with the per-example gradients ``X_vb = sum_t g a^T``.
+
+    ``a``: ``(B, m, T)`` inputs (bias row included), ``g``: ``(V, B, n, T)`` output gradients.
+    The per-example matrices are formed in chunks of at most about 2^22 entries.
+    """
+    V, B, n, _ = g.shape
+    m = a.shape[1]
+    out = torch.zeros(n, m, dtype=torch.float64, device=a.device)
+    step = max(1, (1 << 22) // max(1, V * n * m))
+    for start in range(0, B, step):
+        X = torch.einsum("vbnt,bmt->vbnm", g[:, start:start + step], a[start:start + step])
+        out += (X * X).sum(dim=(0, 1)).to(torch.float64)
+    return out
 
 
 def _kfoc_batch(a: torch.Tensor, g: torch.Tensor) -> Kron | None:
@@ -1083,7 +1118,7 @@ def _check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool) -> None:
+def _all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], method: str) -> None:
     import torch.distributed as dist
 
     names = list(layers)
@@ -1092,11 +1127,11 @@ def _all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool) -> N
                            + [float(sums.n_samples), 0.0 if sums.nll is None else float(sums.nll),
                               1.0 if sums.has_nll and sums.nll is not None else 0.0],
                            dtype=torch.float64, device=device)
-    flat = torch.cat([sums.S_A[k].reshape(-1) for k in names] + [sums.S_G[k].reshape(-1) for k in names]
-                     + [scalars])
+    stores = (sums.S_A, sums.S_G, sums.S_D) if method == "diag" else (sums.S_A, sums.S_G)
+    flat = torch.cat([store[k].reshape(-1) for store in stores for k in names] + [scalars])
     dist.all_reduce(flat)
     offset = 0
-    for store in (sums.S_A, sums.S_G):
+    for store in stores:
         for k in names:
             size = store[k].numel()
             store[k] = flat[offset:offset + size].reshape(store[k].shape).clone()
@@ -1108,7 +1143,7 @@ def _all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool) -> N
     world = dist.get_world_size()
     sums.has_nll = int(round(scal[len(names) + 2])) == world
     sums.nll = torch.tensor(scal[len(names) + 1], dtype=torch.float64, device=device) if sums.has_nll else None
-    if kfoc:
+    if method == "kfoc":
         for k in names:
             terms = sums.terms[k]
             if not terms:
@@ -1126,7 +1161,7 @@ def _all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool) -> N
 
 
 def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLayer], fisher: str,
-              likelihood: str, kfoc: bool, device: torch.device | None, batch_size: int = 256,
+              likelihood: str, method: str, device: torch.device | None, batch_size: int = 256,
               generator: torch.Generator | None = None, progress: bool | None = None,
               mc_samples: int = 1, distributed: bool | None = None) -> _Sums:
     batch_size = _check_positive_int(batch_size, "batch_size")
@@ -1143,7 +1178,7 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
     run_device = torch.device(device) if device is not None else (
         model_device if model_device.type != "meta" else next(model.parameters()).device)
     data = _batches(X, y, batch_size, likelihood)
-    sums = _Sums.empty(layers, kfoc)
+    sums = _Sums.empty(layers, method)
     nll = torch.zeros((), dtype=torch.float64, device=run_device)
     has_nll = True
 
@@ -1156,11 +1191,11 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        with _Recorder(model, layers, sums, kfoc) as rec, torch.inference_mode(False), torch.enable_grad():
+        with _Recorder(model, layers, sums, method) as rec, torch.inference_mode(False), torch.enable_grad():
             if progress is not False:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=data.total, desc=f"curvature ({'kfoc' if kfoc else 'kfac'}, {fisher})",
+                bar = tqdm(total=data.total, desc=f"curvature ({method}, {fisher})",
                            unit="batch", delay=0 if progress else 2, leave=False)
             first = True
             for xb, yb in data.batches:
@@ -1215,8 +1250,8 @@ def _run_pass(model: nn.Module, X: Any, y: Any, *, layers: dict[str, KroneckerLa
         raise ValueError(error_message("the data", "at least one data point", "an empty data set"))
     sums.nll = nll if has_nll else None
     sums.has_nll = has_nll
-    _maybe_all_reduce(sums, layers, kfoc, distributed)
-    logger.debug("curvature pass: %d samples, fisher=%s, kfoc=%s", sums.n_samples, fisher, kfoc)
+    _maybe_all_reduce(sums, layers, method, distributed)
+    logger.debug("curvature pass: %d samples, fisher=%s, method=%s", sums.n_samples, fisher, method)
     return sums
 
 
@@ -1226,7 +1261,7 @@ def _is_loader(X: Any) -> bool:
     return isinstance(X, (DataLoader, Dataset))
 
 
-def _maybe_all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool,
+def _maybe_all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], method: str,
                       distributed: bool | None) -> None:
     import torch.distributed as dist
 
@@ -1235,7 +1270,7 @@ def _maybe_all_reduce(sums: _Sums, layers: dict[str, KroneckerLayer], kfoc: bool
         raise RuntimeError(error_message("torch.distributed", "initialized for distributed=True",
                                          "no process group", "Call torch.distributed.init_process_group first."))
     if initialized and distributed is not False:
-        _all_reduce(sums, layers, kfoc)
+        _all_reduce(sums, layers, method)
 
 
 # ------------------------------------------------------------------------------------------
@@ -1266,8 +1301,8 @@ def kfac(model: nn.Module, X: Any, y: Any = None, *, fisher: FisherType = "mc",
         backward pass per class; ``"empirical"``: the true labels.
     likelihood : {"classification", "regression"}, default="classification"
         Softmax cross-entropy, or a unit-variance Gaussian (``NLL = ||y - f||^2 / 2 + const``).
-    method : {"kfac", "kfoc"}, default="kfac"
-        ``"kfoc"`` is :func:`kfoc`.
+    method : {"kfac", "kfoc", "diag"}, default="kfac"
+        ``"kfoc"`` is :func:`kfoc`, ``"diag"`` is :func:`diagonal_fisher`.
     batch_size : int, default=256
         Mini-batch size when ``X`` is an array or a Dataset.
     device : torch.device or str, optional
@@ -1340,7 +1375,7 @@ def kfac(model: nn.Module, X: Any, y: Any = None, *, fisher: FisherType = "mc",
     options = {"batch_size": batch_size, "generator": generator, "progress": progress,
                "mc_samples": mc_samples, "distributed": distributed}
     sums = _run_pass(model, X, y, layers=layers, fisher=fisher, likelihood=likelihood,
-                     kfoc=method == "kfoc", device=device, **options)
+                     method=method, device=device, **options)
     curv._options = options
     curv._adopt(sums)
     return curv
@@ -1392,4 +1427,36 @@ def kfoc(model: nn.Module, X: Any, y: Any = None, **kwargs: Any) -> Curvature:
         raise ValueError(error_message("method of kfoc", "'kfoc'", repr(kwargs["method"]),
                                        "Call kfac(...) for K-FAC."))
     kwargs["method"] = "kfoc"
+    return kfac(model, X, y, **kwargs)
+
+
+def diagonal_fisher(model: nn.Module, X: Any, y: Any = None, **kwargs: Any) -> Curvature:
+    r"""The exact diagonal of the Fisher (or GGN / empirical Fisher) of every Linear / Conv2d layer.
+
+    Same arguments as :func:`kfac` (``method`` is ``"diag"``). Per layer,
+    ``f = sum_{b, v} X_bv o X_bv`` with ``X_bv = sum_t g_{b,t,v} a_{b,t}^T`` the per-example
+    gradient of the layer's ``[W | b]`` for Fisher vector ``v`` (one sampled label for
+    ``fisher="mc"``, every class for ``"exact"``, the true label for ``"empirical"``), so ``f``
+    is the diagonal of the same Fisher estimate K-FAC factorizes, without the Kronecker
+    independence assumption but without any correlation between parameters. It is the
+    curvature of the *summed* NLL, like K-FAC's. ``factors[name]`` is a
+    :class:`~skkprior.precision.DiagonalCurvature` of shape ``(n, m)``; a posterior built on it
+    is :class:`~skkprior.precision.DiagonalDecomposed` (``beta f + alpha diag(P)``).
+
+    Cost: the per-example matrices ``X_bv`` (``V B n m`` numbers per mini-batch, formed in chunks).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    >>> X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    >>> curv = diagonal_fisher(net, X, y, fisher="exact", progress=False)
+    >>> curv.method, tuple(curv.factors["0"].values.shape)
+    ('diag', (6, 5))
+    """
+    if "method" in kwargs and kwargs["method"] != "diag":
+        raise ValueError(error_message("method of diagonal_fisher", "'diag'", repr(kwargs["method"]),
+                                       "Call kfac(...) for K-FAC."))
+    kwargs["method"] = "diag"
     return kfac(model, X, y, **kwargs)

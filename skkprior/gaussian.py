@@ -6,13 +6,11 @@ parameter is a group of its own. Each group holds a mean, a precision and a temp
 ``tau``; the group's covariance is ``tau * precision^-1`` and groups are independent (the
 precision of the whole network is block diagonal).
 
-The precision of a group is one of
-
-- :class:`~skkprior.kron.Kron`: one Kronecker product ``G (x) A`` (priors);
-- :class:`~skkprior.kron.KronDecomposed`: the exact two-term form
-  ``beta F + alpha P`` (posteriors: curvature ``F`` plus prior precision ``P``);
-- :class:`IsotropicPrecision`: ``v I`` (parameters outside Linear/Conv2d, heads whose shape
-  changed).
+The precision of a group is any type of the precision protocol (:mod:`skkprior.precision`):
+one Kronecker product ``G (x) A`` (priors), an isotropic ``v I`` (parameters outside
+Linear/Conv2d, heads whose shape changed), a diagonal, or a two-term form ``beta F + alpha P``
+(posteriors: curvature ``F`` plus prior precision ``P``, Kronecker or diagonal). This module
+never asks which: every operation goes through the protocol.
 
 Every operation below is exact in these forms: sampling, the quadratic form, the KL divergence
 (split into named parts), ``sum_l tr(F_l Sigma_l)`` and the log-determinant.
@@ -31,7 +29,7 @@ import io
 import math
 import os
 import pickle
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
@@ -39,7 +37,8 @@ from torch import nn
 
 from ._layers import KroneckerLayer, layer_matrix, split_layer_matrix
 from ._validation import error_message
-from .kron import Kron, KronDecomposed
+from .kron import Kron
+from .precision import IsotropicPrecision, Precision, TwoTermPrecision, precision_from_state
 
 __all__ = [
     "FORMAT_NAME",
@@ -60,57 +59,6 @@ READABLE_VERSIONS = (1, 2)
 Scalar = float | torch.Tensor
 
 
-class IsotropicPrecision:
-    """The precision ``value * I`` of a group of ``size`` parameters.
-
-    Parameters
-    ----------
-    value : float or torch.Tensor
-        Positive precision (may be a 0-d tensor that requires gradients).
-    size : int
-        Number of parameters.
-
-    Examples
-    --------
-    >>> p = IsotropicPrecision(4.0, 3)
-    >>> round(float(p.logdet()), 6), p.to_dense().shape   # 3 log 4
-    (4.158883, torch.Size([3, 3]))
-    """
-
-    __slots__ = ("value", "size")
-
-    def __init__(self, value: Scalar, size: int) -> None:
-        v = value.detach() if isinstance(value, torch.Tensor) else value
-        if not (float(v) > 0 and math.isfinite(float(v))):
-            raise ValueError(error_message("isotropic precision", "a finite positive number", float(v),
-                                           "Pass weight_decay > 0."))
-        self.value = value
-        self.size = int(size)
-
-    def __repr__(self) -> str:
-        return f"IsotropicPrecision(value={float(self.value):.4g}, size={self.size})"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.size, self.size)
-
-    def to(self, *args: Any, **kwargs: Any) -> "IsotropicPrecision":
-        v = self.value.to(*args, **kwargs) if isinstance(self.value, torch.Tensor) else self.value
-        return IsotropicPrecision(v, self.size)
-
-    def to_dense(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
-        return torch.eye(self.size, dtype=dtype, device=device) * self.value
-
-    def logdet(self) -> torch.Tensor:
-        v = self.value if isinstance(self.value, torch.Tensor) else torch.tensor(self.value, dtype=torch.float64)
-        return self.size * torch.log(v)
-
-    def scaled(self, factor: Scalar) -> "IsotropicPrecision":
-        return IsotropicPrecision(self.value * factor, self.size)
-
-
-Precision = Kron | KronDecomposed | IsotropicPrecision
-
 
 @dataclass
 class GaussianGroup:
@@ -128,13 +76,14 @@ class GaussianGroup:
         The layer for a Kronecker group (mean of shape ``(n, m)``); None for a flat group.
     mean : torch.Tensor
         ``(n, m)`` for a layer group, ``(d,)`` otherwise.
-    precision : Kron, KronDecomposed or IsotropicPrecision
-        The group's precision (before the temperature).
+    precision : Precision
+        The group's precision (before the temperature): any type of the precision protocol
+        (:mod:`skkprior.precision`).
     temperature : float or torch.Tensor
         The covariance is ``temperature * precision^-1``.
-    terms : tuple of (Kron, Kron) or None
-        For a :class:`~skkprior.kron.KronDecomposed` precision, the unweighted terms
-        ``(F, P)`` it was built from (curvature, prior precision).
+    terms : tuple of (Precision, Precision) or None
+        For a two-term precision (:class:`~skkprior.precision.TwoTermPrecision`, a posterior),
+        the unweighted terms ``(F, P)`` it was built from (curvature, prior precision).
     """
 
     name: str
@@ -144,9 +93,7 @@ class GaussianGroup:
     mean: torch.Tensor
     precision: Precision
     temperature: Scalar = 1.0
-    terms: tuple[Kron, Kron] | None = None
-    _sqrt_cache: Any = field(default=None, repr=False, compare=False)
-    _diag_cache: Any = field(default=None, repr=False, compare=False)
+    terms: tuple[Any, Precision] | None = None
 
     @property
     def dim(self) -> int:
@@ -181,27 +128,7 @@ class GaussianGroup:
     # -- algebra ---------------------------------------------------------------------------
     def precision_quadratic(self, delta: torch.Tensor) -> torch.Tensor:
         """``delta^T precision delta`` (no temperature) for coordinates of shape ``(*batch, ...)``."""
-        prec = self.precision
-        if isinstance(prec, IsotropicPrecision):
-            return prec.value * (delta * delta).sum(dim=-1)
-        if isinstance(prec, Kron):
-            diag = self._diagonal_factors()
-            if diag is not None:  # isotropic-like priors: O(n m) instead of O(n m (n + m))
-                dg, da = diag
-                return (delta * delta * torch.outer(dg, da).to(delta.dtype)).sum(dim=(-2, -1))
-            G = prec.G.to(delta.dtype)
-            A = prec.A.to(delta.dtype)
-            return (delta * (G @ delta @ A.mT)).sum(dim=(-2, -1))
-        return prec.quadratic(delta)
-
-    def _diagonal_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The diagonals of a Kron precision whose factors are both diagonal (cached), else None."""
-        if self._diag_cache is None:
-            G, A = self.precision.G, self.precision.A
-            is_diag = bool(torch.count_nonzero(G - torch.diag(torch.diagonal(G))) == 0) and bool(
-                torch.count_nonzero(A - torch.diag(torch.diagonal(A))) == 0)
-            self._diag_cache = (torch.diagonal(G).clone(), torch.diagonal(A).clone()) if is_diag else False
-        return self._diag_cache or None
+        return self.precision.quadratic(delta).reshape(delta.shape[:delta.ndim - self.mean.ndim])
 
     def precision_logdet(self) -> torch.Tensor:
         return self.precision.logdet()
@@ -211,17 +138,7 @@ class GaussianGroup:
 
         Linear in ``z``: with ``z`` the identity basis it gives a square root of the covariance.
         """
-        prec = self.precision
-        if isinstance(prec, IsotropicPrecision):
-            x = z / math.sqrt(float(prec.value))
-        elif isinstance(prec, Kron):
-            if self._sqrt_cache is None:
-                self._sqrt_cache = prec.sqrt_inverse()
-            L = self._sqrt_cache
-            x = L.G @ z @ L.A.mT
-        else:
-            x = prec.sample_map(z)
-        return x * math.sqrt(float(self.temperature))
+        return self.precision.sample_map(z) * math.sqrt(float(self.temperature))
 
     def sample_noise(self, n_samples: int, generator: torch.Generator | None, dtype: torch.dtype) -> torch.Tensor:
         """``n_samples`` draws from ``N(0, temperature * precision^-1)`` in group coordinates."""
@@ -235,7 +152,7 @@ class GaussianGroup:
         terms = None if self.terms is None else (self.terms[0].to(*args, **kwargs), self.terms[1].to(*args, **kwargs))
         prec = self.precision.to(*args, **kwargs)
         return replace(self, mean=mv(self.mean), precision=prec, temperature=mv(self.temperature),
-                       terms=terms, _sqrt_cache=None, _diag_cache=None)
+                       terms=terms)
 
 
 @dataclass
@@ -276,43 +193,17 @@ def _to_tensor(x: Scalar, like: torch.Tensor) -> torch.Tensor:
 
 
 def _trace_prior_over_posterior(q: GaussianGroup, p: GaussianGroup) -> torch.Tensor:
-    """``tr(P_p P_q^-1)`` for the supported precision pairs."""
-    qp, pp = q.precision, p.precision
-    if isinstance(qp, KronDecomposed):
-        if q.terms is not None and isinstance(pp, Kron) and pp is q.terms[1]:
-            return qp.trace_product(term=1)
-        if isinstance(pp, Kron):
-            return qp.trace_product(pp)
-        if isinstance(pp, IsotropicPrecision):
-            eye = Kron.identity(qp.n, qp.m, device=qp.device)
-            return pp.value * qp.trace_product(eye)
-    elif isinstance(qp, Kron):
-        qinv = qp.inverse()
-        if isinstance(pp, Kron):
-            return ((pp.G.to(torch.float64) * qinv.G).sum() * (pp.A.to(torch.float64) * qinv.A).sum())
-        if isinstance(pp, IsotropicPrecision):
-            return pp.value * torch.trace(qinv.G) * torch.trace(qinv.A)
-        if isinstance(pp, KronDecomposed):
-            dg = (pp.T_G_inv @ qinv.G @ pp.T_G_inv.T).diagonal()
-            da = (pp.T_A_inv @ qinv.A @ pp.T_A_inv.T).diagonal()
-            return (pp.eigenvalues() * torch.outer(dg, da)).sum()
-    elif isinstance(qp, IsotropicPrecision):
-        if isinstance(pp, IsotropicPrecision):
-            return q.dim * pp.value / qp.value
-        return pp.trace() / qp.value
-    raise NotImplementedError(
-        error_message("the pair of precisions in kl()", "a supported pair",
-                      f"{type(qp).__name__} against {type(pp).__name__}",
-                      "KL between two posteriors is not supported; compare each with the prior.")
-    )
+    """``tr(P_p P_q^-1)``: ``O(n m)`` when ``P_p`` is the second term of a two-term ``P_q``."""
+    if q.terms is not None and p.precision is q.terms[1]:
+        return q.precision.trace_term(1)
+    return q.precision.trace_inverse_product(p.precision)
 
 
 def _logdet_ratio_precisions(q: GaussianGroup, p: GaussianGroup) -> torch.Tensor:
     """``logdet P_q - logdet P_p``, exact without cancellation when P_p is q's prior term."""
-    qp, pp = q.precision, p.precision
-    if isinstance(qp, KronDecomposed) and q.terms is not None and pp is q.terms[1]:
-        return torch.log(qp.eigenvalues()).sum()
-    return qp.logdet() - pp.logdet()
+    if q.terms is not None and p.precision is q.terms[1]:
+        return q.precision.log_eigenvalue_sum()
+    return q.precision.logdet() - p.precision.logdet()
 
 
 def _group_kl(q: GaussianGroup, p: GaussianGroup) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -517,17 +408,10 @@ class LayerwiseGaussian:
             F = factors.get(name)
             if F is None:
                 continue
-            prec = g.precision
-            if isinstance(prec, KronDecomposed):
-                if g.terms is not None and F is g.terms[0]:
-                    tr = prec.trace_product(term=0)
-                else:
-                    tr = prec.trace_product(F)
-            elif isinstance(prec, Kron):
-                inv = prec.inverse()
-                tr = (F.G.to(torch.float64) * inv.G).sum() * (F.A.to(torch.float64) * inv.A).sum()
+            if g.terms is not None and F is g.terms[0]:
+                tr = g.precision.trace_term(0)
             else:
-                tr = torch.trace(F.G).to(torch.float64) * torch.trace(F.A).to(torch.float64) / prec.value
+                tr = g.precision.trace_inverse_product(F)
             total = total + _to_tensor(g.temperature, total) * tr
         return total
 
@@ -548,10 +432,7 @@ class LayerwiseGaussian:
         means, blocks = [], []
         for g in self:
             means.append(g.mean.reshape(-1).to(torch.float64))
-            if isinstance(g.precision, IsotropicPrecision):
-                P = g.precision.to_dense(device=g.mean.device)
-            else:
-                P = g.precision.to_dense().to(torch.float64)
+            P = g.precision.to_dense().to(device=g.mean.device, dtype=torch.float64)
             blocks.append(P / _to_tensor(g.temperature, P))
         return torch.cat(means), torch.block_diag(*blocks)
 
@@ -580,8 +461,8 @@ class LayerwiseGaussian:
                     "n": g.layer.n, "m": g.layer.m},
                 "mean": g.mean.detach(),
                 "temperature": float(g.temperature),
-                "precision": _precision_state(g.precision),
-                "terms": None if g.terms is None else [_precision_state(t) for t in g.terms],
+                "precision": g.precision.state(),
+                "terms": None if g.terms is None else [t.state() for t in g.terms],
             })
         return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "class": type(self).__name__,
                 "metadata": self.metadata, "groups": groups}
@@ -606,8 +487,8 @@ class LayerwiseGaussian:
                     bias_name=gs["layer"]["bias_name"], weight_shape=tuple(gs["layer"]["weight_shape"]),
                     n=int(gs["layer"]["n"]), m=int(gs["layer"]["m"]))
                 try:
-                    terms = None if gs["terms"] is None else tuple(_precision_from_state(t) for t in gs["terms"])
-                    precision = _precision_from_state(gs["precision"])
+                    terms = None if gs["terms"] is None else tuple(precision_from_state(t) for t in gs["terms"])
+                    precision = precision_from_state(gs["precision"])
                 except ValueError as exc:  # e.g. a non-finite or non-symmetric factor
                     raise ValueError(error_message(f"the precision of group {gs['name']!r} in the file",
                                                    "a valid precision", str(exc), _CORRUPT_FIX)) from exc
@@ -702,95 +583,15 @@ def _check_loaded_group(g: GaussianGroup) -> None:
     if isinstance(tau_value, bool) or not isinstance(tau_value, (int, float)) or not (
             math.isfinite(tau_value) and tau_value > 0):
         fail("the temperature", "a positive finite number", repr(tau_value))
-    dim = math.prod(size)
     prec = g.precision
-    if isinstance(prec, IsotropicPrecision):
-        if prec.size != dim:
-            fail("the isotropic precision", f"of size {dim}", prec.size)
-    elif isinstance(prec, Kron):
-        if g.layer is None or (prec.n, prec.m) != size:
-            fail("the Kronecker precision", f"factors of sizes {size} (a Linear/Conv2d layer group)",
-                 f"sizes {(prec.n, prec.m)}")
-        _check_factors_definite(prec, f"the precision of group {name!r} in the file", semi=False)
-    elif isinstance(prec, KronDecomposed):
-        if g.layer is None or (prec.n, prec.m) != size:
-            fail("the two-term precision", f"of sizes {size}", f"sizes {(prec.n, prec.m)}")
-        n, m = size
-        arrays = {"T_G": (n, n), "T_G_inv": (n, n), "D_G": (n,), "T_A": (m, m), "T_A_inv": (m, m), "D_A": (m,),
-                  "logdet_second": ()}
-        for attr, shape in arrays.items():
-            value = getattr(prec, attr)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-                fail(f"{attr} of the two-term precision", f"a tensor of shape {shape}", value)
-            if not bool(torch.isfinite(value).all()):
-                fail(f"{attr} of the two-term precision", "finite (no NaN or infinity)", value)
-        for attr in ("beta", "alpha"):
-            w = float(getattr(prec, attr))
-            if not (math.isfinite(w) and w > 0):
-                fail(f"{attr} of the two-term precision", "a positive finite number", repr(w))
-        try:
-            prec._check_positive()
-        except ValueError as exc:
-            fail("the two-term precision", "positive definite", str(exc))
-    else:
-        fail("the precision", "a Kron, KronDecomposed or IsotropicPrecision", type(prec).__name__)
+    # each precision type validates its own content (shapes, finiteness, definiteness)
+    prec.check_loaded(f"the precision of group {name!r} in the file", size)
     if g.terms is not None:
-        if not isinstance(prec, KronDecomposed) or len(g.terms) != 2 or not all(isinstance(t, Kron) for t in g.terms):
-            fail("the terms", "two Kronecker products (curvature, prior) of a two-term precision",
+        if not isinstance(prec, TwoTermPrecision) or len(g.terms) != 2:
+            fail("the terms", "two terms (curvature, prior) of a two-term precision",
                  f"{len(g.terms)} terms with a {type(prec).__name__} precision")
-        for term, what, semi in ((g.terms[0], "curvature", True), (g.terms[1], "prior", False)):
-            if (term.n, term.m) != size:
-                fail(f"the {what} term", f"factors of sizes {size}", f"sizes {(term.n, term.m)}")
-            _check_factors_definite(term, f"the {what} term of group {name!r} in the file", semi=semi)
-
-
-def _check_factors_definite(K: Kron, what: str, *, semi: bool) -> None:
-    """Both factors symmetric and positive definite (``semi``: positive semi-definite up to rounding).
-
-    Semi-definiteness is tested by a Cholesky decomposition of ``M + t I`` with ``t`` at the
-    float32 rounding level of the factor (``2 n eps ||M||_F``), the level at which curvature
-    factors are projected onto the cone when they are built.
-    """
-    for M, factor in ((K.G, "G"), (K.A, "A")):
-        rtol = max(1e-8, 1000.0 * torch.finfo(M.dtype).eps)  # as Kron's Cholesky checks symmetry
-        M = M.to(torch.float64)
-        scale = float(M.abs().max()) if M.numel() else 0.0
-        if float((M - M.mT).abs().max()) > rtol * max(scale, 1e-300):
-            raise ValueError(error_message(f"factor {factor} of {what}", "symmetric",
-                                           f"a matrix with max |M - M^T| = {float((M - M.mT).abs().max()):.3g}",
-                                           _CORRUPT_FIX))
-        if semi:
-            shift = 2.0 * M.shape[0] * torch.finfo(torch.float32).eps * float(torch.linalg.matrix_norm(M))
-            M = M + (shift if shift > 0 else 1e-300) * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-        _, info = torch.linalg.cholesky_ex(M)
-        if int(info) != 0:
-            expected = "positive semi-definite" if semi else "positive definite"
-            raise ValueError(error_message(f"factor {factor} of {what}", expected,
-                                           f"a matrix whose Cholesky decomposition failed at column {int(info)}",
-                                           _CORRUPT_FIX))
-
-
-def _precision_state(p: Precision) -> dict[str, Any]:
-    if isinstance(p, Kron):
-        return {"type": "kron", "G": p.G, "A": p.A}
-    if isinstance(p, IsotropicPrecision):
-        return {"type": "isotropic", "value": float(p.value), "size": p.size}
-    return {"type": "decomposed", "T_G": p.T_G, "T_G_inv": p.T_G_inv, "D_G": p.D_G,
-            "T_A": p.T_A, "T_A_inv": p.T_A_inv, "D_A": p.D_A, "beta": float(p.beta),
-            "alpha": float(p.alpha), "logdet_second": p.logdet_second}
-
-
-def _precision_from_state(s: Mapping[str, Any]) -> Precision:
-    kind = s["type"]
-    if kind == "kron":
-        return Kron(s["G"], s["A"])
-    if kind == "isotropic":
-        return IsotropicPrecision(float(s["value"]), int(s["size"]))
-    if kind == "decomposed":
-        return KronDecomposed(s["T_G"], s["T_G_inv"], s["D_G"], s["T_A"], s["T_A_inv"], s["D_A"],
-                              beta=float(s["beta"]), alpha=float(s["alpha"]),
-                              logdet_second=s["logdet_second"])
-    raise ValueError(error_message("precision type", "'kron', 'isotropic' or 'decomposed'", kind))
+        g.terms[0].check_loaded(f"the curvature term of group {name!r} in the file", size, semidefinite=True)
+        g.terms[1].check_loaded(f"the prior term of group {name!r} in the file", size)
 
 
 def _as_params(params: Mapping[str, torch.Tensor] | nn.Module, keep_grad: bool = False) -> Mapping[str, torch.Tensor]:

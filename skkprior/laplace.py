@@ -12,10 +12,14 @@ r"""Learned priors, Laplace posteriors and the continual chain (METHOD.md sectio
 
 Which form every object holds
 -----------------------------
-Priors hold one :class:`~skkprior.kron.Kron` per Linear/Conv2d layer and an isotropic
-precision for every other parameter. Posteriors hold a
-:class:`~skkprior.kron.KronDecomposed` (exact ``beta F + alpha P``) per layer; parameters
-without curvature keep the prior's isotropic precision scaled by ``alpha`` (the data do not
+Priors hold one :class:`~skkprior.kron.Kron` per Linear/Conv2d layer (or a
+:class:`~skkprior.precision.DiagonalPrecision`, from a diagonal posterior) and an isotropic
+precision for every other parameter. Posteriors hold a two-term precision per layer, chosen by
+the curvature's structure: :class:`~skkprior.kron.KronDecomposed` (exact ``beta F + alpha P``)
+for K-FAC / K-FOC, :class:`~skkprior.precision.DiagonalDecomposed` (``beta f + alpha diag(P)``:
+exact for an isotropic or diagonal prior, the prior's off-diagonal dropped for a Kronecker
+one; the KL to the full prior stays exact) for :func:`~skkprior.curvature.diagonal_fisher`.
+Parameters without curvature keep the prior's precision scaled by ``alpha`` (the data do not
 inform them under K-FAC; this is stated, not hidden).
 """
 
@@ -32,7 +36,8 @@ from torch import nn
 from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
 from ._validation import check_positive, error_message
 from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
-from .kron import Kron, KronDecomposed, KronSum
+from .kron import Kron, KronSum, positive_definite_nearest, psd_projected
+from .precision import TwoTermPrecision
 
 __all__ = [
     "KroneckerPosterior",
@@ -106,7 +111,7 @@ class KroneckerPrior(LayerwiseGaussian):
         f = check_positive(factor, "factor")
         groups = []
         for g in self:
-            prec = g.precision.scaled(f) if isinstance(g.precision, IsotropicPrecision) else g.precision * f
+            prec = g.precision.scaled(f)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
                                         prec, g.temperature))
         return self._new(groups, prior_scale_factor=f * float(self.metadata.get("prior_scale_factor", 1.0)))
@@ -122,10 +127,10 @@ class KroneckerPrior(LayerwiseGaussian):
                 "Load it with KroneckerPosterior.load(path).as_prior() to use the posterior as the next "
                 "prior (or KroneckerPosterior.load(path).prior for the prior it was built on)."))
         out = super().from_state(state)
-        bad = [g.name for g in out if g.terms is not None or not isinstance(g.precision, (Kron, IsotropicPrecision))]
+        bad = [g.name for g in out if g.terms is not None or isinstance(g.precision, TwoTermPrecision)]
         if bad:
             raise ValueError(error_message(
-                "the precisions of the prior file", "one Kronecker product or an isotropic precision per group",
+                "the precisions of the prior file", "one precision of the prior family per group (no two-term form)",
                 f"two-term (posterior) precisions in groups {bad[:4]}",
                 "Compress a posterior with as_prior() before saving it as a prior."))
         return out
@@ -262,9 +267,9 @@ class KroneckerPosterior(LayerwiseGaussian):
         groups = []
         for name, g in self.groups.items():
             prior_group = self.prior.groups[name]
-            if isinstance(g.precision, KronDecomposed):
+            if g.terms is not None:  # a two-term posterior: curvature and prior term
                 prec = g.precision.with_weights(beta=beta[name], alpha=alpha[name])
-            else:
+            else:  # no curvature: the prior's precision, scaled
                 prec = prior_group.precision.scaled(alpha[name])
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean,
                                         prec, tau[name], g.terms))
@@ -275,30 +280,30 @@ class KroneckerPosterior(LayerwiseGaussian):
     def as_prior(self, *, method: Literal["gram", "power"] = "gram") -> KroneckerPrior:
         """This posterior as the prior of the next task.
 
-        The precision ``(beta F + alpha P) / tau`` of each layer is compressed to the
-        Frobenius-nearest single Kronecker product (exact Gram route by default); the relative
-        Frobenius error per layer is stored in ``metadata["nkp_error"]`` and logged.
-        Isotropic groups stay isotropic. The temperature is folded into the precision.
+        The precision ``(beta F + alpha P) / tau`` of each layer is compressed to one
+        precision of the prior family (:meth:`~skkprior.precision.TwoTermPrecision.compress`:
+        for Kronecker posteriors the Frobenius-nearest single Kronecker product, exact Gram
+        route; a diagonal posterior stays exact); the relative Frobenius error per layer is
+        stored in ``metadata["nkp_error"]`` and logged. Groups without curvature keep their
+        precision type. The temperature is folded into the precision.
         The factors are positive definite: eigenvalues at the float64 rounding level of the
         compression (``4 size eps max``) are raised to that level (an ill-conditioned
         curvature, condition ~1e10 and beyond, otherwise gave an indefinite prior that only the
         next task's Cholesky noticed); a negative eigenvalue beyond it raises a ``ValueError``
-        here (see ``_positive_definite_nearest``).
+        here (:func:`skkprior.kron.positive_definite_nearest`).
         """
+        if method not in ("gram", "power"):
+            raise ValueError(error_message("method of as_prior", "'gram' or 'power'", method))
         groups = []
         errors: dict[str, float] = {}
         for name, g in self.groups.items():
             tau = float(g.temperature)
-            if isinstance(g.precision, KronDecomposed):
-                F, P = g.terms
-                total = KronSum([F, P], [float(self.likelihood_scale[name]) / tau,
-                                         float(self.prior_scale[name]) / tau])
-                prec = _positive_definite_nearest(total, method, name)
-                errors[name] = float(total.nearest_error())
-            elif isinstance(g.precision, Kron):
-                prec = g.precision * (1.0 / tau)
+            if g.terms is not None:
+                prec, errors[name] = g.precision.compress(
+                    g.terms, float(self.likelihood_scale[name]) / tau, float(self.prior_scale[name]) / tau,
+                    method=method, name=name)
             else:
-                prec = IsotropicPrecision(float(g.precision.value) / tau, g.precision.size)
+                prec = g.precision.scaled(1.0 / tau)
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer,
                                         g.mean.detach().clone(), prec, 1.0))
         if errors:
@@ -335,19 +340,13 @@ def _attach_loaded_prior(post: KroneckerPosterior, prior: KroneckerPrior, scales
         p = prior.groups[name]
         alpha, beta, tau = (values[k][name] for k in ("prior_scale", "likelihood_scale", "temperature"))
         consistent = close(g.temperature, tau)
-        if isinstance(g.precision, KronDecomposed):
-            consistent = consistent and g.terms is not None and isinstance(p.precision, Kron) and \
-                close(g.precision.alpha, alpha) and close(g.precision.beta, beta)
-            if consistent:
-                P = g.terms[1]
-                consistent = all(torch.allclose(P_f.to(Q_f), Q_f, rtol=1e-12, atol=0.0)
-                                 for P_f, Q_f in ((P.G, p.precision.G), (P.A, p.precision.A)))
+        if g.terms is not None:  # a two-term posterior: its weights and its prior term
+            consistent = consistent and close(g.precision.alpha, alpha) and close(g.precision.beta, beta) \
+                and _same_state(g.terms[1].state(), p.precision.state())
             if consistent:
                 g.terms = (g.terms[0], p.precision)
-        elif isinstance(g.precision, IsotropicPrecision) and isinstance(p.precision, IsotropicPrecision):
-            consistent = consistent and close(g.precision.value, float(p.precision.value) * alpha)
-        else:
-            consistent = False
+        else:  # no curvature: alpha times the prior's precision
+            consistent = consistent and _same_state(g.precision.state(), p.precision.scaled(alpha).state())
         if not consistent:
             raise ValueError(error_message(f"group '{name}' of the posterior file",
                                            "the posterior of its prior at its scales (alpha, beta, tau)",
@@ -358,6 +357,24 @@ def _attach_loaded_prior(post: KroneckerPosterior, prior: KroneckerPrior, scales
     post.prior_scale = values["prior_scale"]
     post.likelihood_scale = values["likelihood_scale"]
     post.temperature = values["temperature"]
+
+
+def _same_state(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two precision states describe the same matrix (tensors to 1e-12 relative, numbers likewise)."""
+    if set(a) != set(b):
+        return False
+    for key, x in a.items():
+        y = b[key]
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+            if x.shape != y.shape or not torch.allclose(x, y.to(x.device), rtol=1e-12, atol=0.0):
+                return False
+        elif isinstance(x, float) or isinstance(y, float):
+            if not math.isclose(float(x), float(y), rel_tol=1e-12, abs_tol=0.0):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, validate: bool) -> dict[str, Scalar]:
@@ -373,128 +390,6 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
         for k, v in out.items():
             check_positive(float(v.detach()) if isinstance(v, torch.Tensor) else v, f"{name} of group '{k}'")
     return out
-
-
-Accumulation = tuple[float, int]  # (unit roundoff u, chain length k) of a factor's summation
-
-
-def _rounding_tolerance(M: torch.Tensor, f: torch.Tensor, accumulation: Accumulation | None,
-                        dtype: torch.dtype) -> float:
-    r"""A bound on how far rounding can have moved the eigenvalues ``f`` of the factor ``M``.
-
-    Two sources, added:
-
-    - the float64 ``eigh`` of ``M``: ``size eps_64 max|f|`` (the rank tolerance of
-      ``numpy.linalg.matrix_rank``);
-    - the summation that produced ``M = sum_t p_t p_t^T / c``: with ``k`` terms summed in a dtype
-      of unit roundoff ``u``, entry ``(i, j)`` errs by at most about
-      ``b_ij = sqrt(k) u sqrt(M_ii M_jj)`` (the probabilistic bound of Higham & Mary 2019, with
-      ``sum_t |p_ti p_tj| <= sqrt(M_ii M_jj)`` by Cauchy-Schwarz; the worst case ``k u`` is not
-      attained by blocked BLAS sums). With independent rounding errors of random sign, the
-      error matrix has spectral norm at most about twice its largest row norm,
-      ``2 sqrt(max_i sum_j b_ij^2) = 2 sqrt(k) u sqrt(max_i M_ii tr M)``; doubled once more for
-      safety, and by Weyl's inequality every eigenvalue moves by at most
-      ``4 sqrt(k) u sqrt(max_i M_ii tr M)``. Measured against a float64 summation of the same
-      data (float32, ``k = 1028``: MNIST CNN dense activations 3137 x 3137, and three synthetic
-      1568-dimensional sets): the realized ``||E||_2`` is 55 to 270 times below the bound.
-
-    ``accumulation = (u, k)`` comes from :attr:`Curvature.rounding`; without it the factor's
-    own dtype gives ``u`` and ``k`` is taken as its size (a factor given as a tensor of unknown
-    origin). A float64 factor therefore gets a float64-level tolerance.
-    """
-    size = M.shape[0]
-    f_max = float(f.abs().max()) if f.numel() else 0.0
-    tol = size * torch.finfo(torch.float64).eps * f_max
-    if accumulation is None:
-        unit = torch.finfo(dtype).eps / 2 if dtype.is_floating_point else torch.finfo(torch.float64).eps / 2
-        chain = size
-    else:
-        unit, chain = float(accumulation[0]), int(accumulation[1])
-        unit = max(unit, torch.finfo(torch.float64).eps / 2)
-    diag = torch.diagonal(M).abs()
-    spread = math.sqrt(float(diag.max()) * float(diag.sum())) if diag.numel() else 0.0
-    return tol + 4.0 * math.sqrt(max(chain, 1)) * unit * spread
-
-
-def _psd_factor(M: torch.Tensor, accumulation: Accumulation | None = None, *,
-                name: str = "a curvature factor") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """The projected float64 factor and its eigendecomposition ``(f, V)`` (``f >= 0``).
-
-    Eigenvalues within the rounding bound of :func:`_rounding_tolerance` are set to zero (the
-    zero eigenvalues of a rank-deficient factor come out as +-noise); every other eigenvalue
-    is kept as computed. A negative eigenvalue beyond the bound raises.
-    """
-    dtype = M.dtype
-    M = M.to(torch.float64)
-    f, V = torch.linalg.eigh((M + M.mT) / 2)
-    tol = _rounding_tolerance(M, f, accumulation, dtype)
-    if f.numel() and float(f.min()) < -tol:
-        raise ValueError(error_message(
-            name, "positive semi-definite up to rounding",
-            f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g}, rounding bound "
-            f"{tol:.3g} for {'a ' + str(dtype) + ' factor' if accumulation is None else 'its accumulation'})",
-            "The curvature is broken; recompute it (check for non-finite data). A float32 factor "
-            "converted to float64 by hand: pass the Curvature object, which records how it was summed."))
-    f = torch.where(f <= tol, torch.zeros_like(f), f)
-    return (V * f) @ V.mT, (f, V)
-
-
-def _symmetrized(F: Kron, accumulation: Mapping[str, Accumulation] | None = None,
-                 ) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
-    """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
-
-    K-FAC factors are positive semi-definite by construction, but they are summed from
-    (float32) products, so they are symmetric only to rounding and their zero eigenvalues (e.g.
-    the softmax's null direction in a head's output factor) come out as +-noise. Eigenvalues
-    within a rounding bound that follows from the dtype and the length of the summation
-    (``accumulation``, per factor ``"G"``/``"A"``, from :attr:`Curvature.rounding`; else the
-    factor's dtype; see :func:`_rounding_tolerance`) are set to exactly zero: a projection of
-    rounding noise onto the cone the factor belongs to, not damping. Real small eigenvalues
-    above the bound are kept. A negative eigenvalue beyond it raises. Returns the factors and
-    their eigendecompositions (for :meth:`KronDecomposed.from_terms`, which then needs one
-    ``eigh`` fewer per factor).
-    """
-    acc = accumulation or {}
-    G, eigh_g = _psd_factor(F.G, acc.get("G"), name="the output factor G of a curvature")
-    A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature")
-    return Kron(G, A), (eigh_g, eigh_a)
-
-
-def _positive_definite_nearest(total: KronSum, method: str, name: str) -> Kron:
-    r"""The Frobenius-nearest Kronecker product of a sum of positive (semi-)definite terms with
-    positive weights, with factors that are positive definite in float64.
-
-    In exact arithmetic the optimal factors of such a sum are positive semi-definite (the
-    leading singular vectors of the rearrangement are non-negative combinations of the terms'
-    factors) and positive definite when one term is. In float64 a factor is known only to
-    ``tol = 4 size eps_64 max|lambda|`` in each eigenvalue (the rounding of the rearrangement's QR
-    and SVD and of the reconstruction, with the rank tolerance ``size eps max`` of
-    ``numpy.linalg.matrix_rank``, times a safety factor): when the curvature's condition
-    reaches about 1e10, an exact smallest eigenvalue of ``1e-20 max`` (a weak prior on the
-    softmax's null direction, say) comes out as ``+-1e-17 max``, an indefinite prior that only
-    the next task's Cholesky would notice. Eigenvalues below ``tol`` are therefore raised to
-    ``tol``: a change of at most ``tol`` in every eigenvalue, within the rounding of the
-    computed factor, and the nearest matrix (spectral and Frobenius norm) with eigenvalues
-    ``>= tol``. An eigenvalue below ``-tol`` cannot come from rounding and raises.
-    """
-    nearest = total.nearest(method=method)
-    factors = []
-    for M, which in ((nearest.G, "G (output factor)"), (nearest.A, "A (input factor)")):
-        M = (M + M.mT) / 2
-        f, V = torch.linalg.eigh(M)
-        tol = 4.0 * M.shape[0] * torch.finfo(torch.float64).eps * float(f.abs().max())
-        if float(f.min()) < -tol:
-            raise ValueError(error_message(
-                f"the compressed prior precision of layer '{name}', factor {which}",
-                "positive definite (the nearest Kronecker product of positive semi-definite terms)",
-                f"a smallest eigenvalue {float(f.min()):.3g} (largest {float(f.max()):.3g}, rounding "
-                f"bound {tol:.3g})",
-                "A term of the sum is not positive semi-definite; check the curvature and the prior."))
-        if float(f.min()) < tol:
-            M = (V * f.clamp_min(tol)) @ V.mT
-            M = (M + M.mT) / 2
-        factors.append(M)
-    return Kron(*factors)
 
 
 def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
@@ -659,11 +554,11 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
-        F, _ = _symmetrized(factors[name], getattr(curvature, "rounding", {}).get(name))
+        F, _ = psd_projected(factors[name], getattr(curvature, "rounding", {}).get(name))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
         total = KronSum([F, eye], [beta0, alpha0 * wd])
         if compression == "nearest":
-            prec = _positive_definite_nearest(total, nkp_method, name)
+            prec = positive_definite_nearest(total, nkp_method, name)
             errors[name] = float(total.nearest_error())
         else:
             prec = damped_kron(F, beta0, alpha0 * wd)
@@ -739,16 +634,13 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
                                                f"layers {list(factors)}",
                                                "Compute the curvature on the same model."))
             P = g.precision
-            if not isinstance(P, Kron):
-                raise ValueError(error_message(f"prior precision of layer '{g.name}'",
-                                               "one Kronecker product", type(P).__name__,
-                                               "Compress the prior with as_prior() first."))
             # The prior's temperature is folded into its precision for the posterior's terms.
-            P_eff = P * (1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
-            F, spectra = _symmetrized(F.to(device=P.device), rounding.get(g.name))
-            prec = KronDecomposed.from_terms(F, P_eff, beta=1.0, alpha=1.0, first_eigh=spectra)
+            P_eff = P.scaled(1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
+            # the curvature's structure decides the form (Kronecker: exact joint eigenbasis;
+            # diagonal: beta f + alpha diag(P))
+            prec, terms = F.posterior_with(P_eff, rounding.get(g.name))
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
-                                        prec, 1.0, (F, P_eff)))
+                                        prec, 1.0, terms))
         else:
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, None, mean,
                                         g.precision, 1.0))
@@ -772,10 +664,5 @@ def _fold_temperature(g: GaussianGroup, posterior_groups: Mapping[str, GaussianG
     if tau == 1.0:
         return g
     post = posterior_groups[g.name]
-    if post.terms is not None:
-        prec = post.terms[1]
-    elif isinstance(g.precision, IsotropicPrecision):
-        prec = IsotropicPrecision(float(g.precision.value) / tau, g.precision.size)
-    else:
-        prec = g.precision * (1.0 / tau)
+    prec = post.terms[1] if post.terms is not None else g.precision.scaled(1.0 / tau)
     return GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, g.mean, prec, 1.0)

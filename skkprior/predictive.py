@@ -74,8 +74,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from ._layers import KroneckerLayer, split_layer_matrix
 from ._validation import check_finite_tensor, describe, error_message
-from .gaussian import GaussianGroup, IsotropicPrecision, LayerwiseGaussian
-from .kron import Kron, KronDecomposed
+from .gaussian import GaussianGroup, LayerwiseGaussian
 
 __all__ = [
     "gibbs_error_count",
@@ -379,24 +378,11 @@ def _temperature(g: GaussianGroup) -> float:
 
 
 def _layer_factors(model: nn.Module, g: GaussianGroup, device: torch.device) -> _LayerFactors:
-    prec = g.precision
-    if isinstance(prec, KronDecomposed):
-        left, right = prec.T_G.detach(), prec.T_A.detach()
-        inv_lam = 1.0 / prec.eigenvalues().detach()
-    elif isinstance(prec, Kron):
-        root = prec.sqrt_inverse()
-        left, right = root.G, root.A
-        inv_lam = torch.ones((), dtype=_F64)
-    elif isinstance(prec, IsotropicPrecision):
-        left = right = None
-        value = prec.value.detach() if isinstance(prec.value, torch.Tensor) else prec.value
-        inv_lam = torch.tensor(1.0 / float(value), dtype=_F64)
-    else:  # pragma: no cover - guarded by the LayerwiseGaussian types
-        raise TypeError(error_message(f"precision of group '{g.name}'", "Kron, KronDecomposed or isotropic",
-                                      type(prec).__name__))
+    """The posterior covariance of a layer group in scaled-basis form (:mod:`skkprior.precision`)."""
+    left, right, inv_lam = g.precision.inverse_factors()
 
     def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(device=device, dtype=_F64)
+        return None if t is None else t.detach().to(device=device, dtype=_F64)
 
     assert g.layer is not None
     return _LayerFactors(g, model.get_submodule(g.layer.name), _temperature(g), mv(left), mv(right),
@@ -404,15 +390,15 @@ def _layer_factors(model: nn.Module, g: GaussianGroup, device: torch.device) -> 
 
 
 def _isotropic_variance(g: GaussianGroup) -> float:
-    """``tau / v`` for a flat group with precision ``v I``."""
-    prec = g.precision
-    if not isinstance(prec, IsotropicPrecision):
+    """``tau / v`` for a flat group whose precision is a multiple of the identity."""
+    scale = g.precision.inverse_factors().scale
+    if scale.ndim != 0:
         raise NotImplementedError(
-            error_message(f"precision of the non-layer group '{g.name}'", "isotropic (v I)",
-                          type(prec).__name__,
-                          "Parameters outside Linear/Conv2d carry isotropic precisions in skkprior."))
-    value = prec.value.detach() if isinstance(prec.value, torch.Tensor) else prec.value
-    return _temperature(g) / float(value)
+            error_message(f"precision of the non-layer group '{g.name}'", "a multiple of the identity (v I)",
+                          type(g.precision).__name__,
+                          "The linearized predictive needs isotropic precisions outside Linear/Conv2d; "
+                          "use predictive='mc'."))
+    return _temperature(g) * float(scale.detach())
 
 
 # -- convolution helpers ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ._validation import error_message
 __all__ = [
     "KroneckerOperatorTests",
     "OperatorCase",
+    "PrecisionTests",
     "assert_close_dense",
     "assert_small_residual",
     "high_precision_inverse",
@@ -653,3 +654,188 @@ def _has_mpmath() -> bool:
     except ImportError:  # pragma: no cover - depends on the environment
         return False
     return True
+
+
+class PrecisionTests:
+    r"""pytest mixin: dense-truth checks of the precision protocol (:mod:`skkprior.precision`).
+
+    A precision type supplies :meth:`make` (``case -> (precision, dense)``) and inherits checks of
+    ``to_dense``, ``quadratic`` (batched), ``logdet``, the scaled-basis form of the inverse
+    (``inverse_factors`` and ``sample_map`` against the dense inverse, as residuals),
+    ``projected_diagonal`` on random bases, ``trace_inverse_product`` against a Kronecker, an
+    isotropic and a diagonal precision, ``scaled``, and the ``weights_only`` file round trip.
+    A two-term type also supplies :meth:`make_terms` (the dense ``F``, the dense second term and
+    the weights it was built with) and inherits checks of ``eigenvalues`` / ``logdet_second``,
+    both trace terms, ``with_weights`` and ``compress``.
+
+    Tolerances are relative, ``rtol`` times the case's condition number (per factor) where an
+    inverse is involved; sizes are tiny (float64 dense references).
+
+    Examples
+    --------
+    >>> from skkprior.precision import DiagonalPrecision
+    >>> class TestMyDiagonal(PrecisionTests):
+    ...     def make(self, case):
+    ...         v = torch.rand(case.n, case.m, generator=case.generator(1), dtype=torch.float64) + 0.5
+    ...         return DiagonalPrecision(v), torch.diag(v.reshape(-1))
+    >>> suite = TestMyDiagonal()
+    >>> for case in suite.cases()[:2]:
+    ...     suite.test_logdet(case); suite.test_inverse_factors(case); suite.test_state_round_trip(case)
+    """
+
+    sizes: ClassVar[Sequence[tuple[int, int]]] = ((1, 1), (1, 3), (3, 1), (2, 3), (4, 2))
+    conditions: ClassVar[Sequence[float]] = (10.0, 1e4)
+    rtol: ClassVar[float] = 1e-10
+
+    def make(self, case: OperatorCase) -> tuple[Any, torch.Tensor]:
+        """Return ``(precision, dense)`` for ``case``."""
+        raise NotImplementedError("Subclasses of PrecisionTests implement make(case).")
+
+    def make_terms(self, case: OperatorCase) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        """Two-term types: ``(F_dense, second_dense, beta, alpha)`` of the precision :meth:`make` returns."""
+        raise NotImplementedError("Two-term precision types implement make_terms(case).")
+
+    cases = KroneckerOperatorTests.cases
+    pytest_generate_tests = KroneckerOperatorTests.pytest_generate_tests
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _tol(self, case: OperatorCase, inverse: bool = False) -> float:
+        return self.rtol * (case.cond ** 2 if inverse else 1.0) * case.dim
+
+    @staticmethod
+    def _coords(op: Any, case: OperatorCase, *batch: int, offset: int = 100) -> torch.Tensor:
+        return torch.randn(*batch, case.n, case.m, generator=case.generator(offset), dtype=torch.float64)
+
+    @staticmethod
+    def _is_two_term(op: Any) -> bool:
+        from .precision import TwoTermPrecision
+
+        return isinstance(op, TwoTermPrecision)
+
+    def _others(self, case: OperatorCase) -> list[tuple[Any, torch.Tensor]]:
+        from .kron import Kron
+        from .precision import DiagonalPrecision, IsotropicPrecision
+
+        G = random_spd(case.n, cond=5.0, generator=case.generator(7))
+        A = random_spd(case.m, cond=5.0, generator=case.generator(8))
+        v = torch.rand(case.n, case.m, generator=case.generator(9), dtype=torch.float64) + 0.1
+        return [(Kron(G, A), torch.kron(G, A)), (IsotropicPrecision(2.5, case.dim), 2.5 * torch.eye(case.dim,
+                 dtype=torch.float64)), (DiagonalPrecision(v), torch.diag(v.reshape(-1)))]
+
+    # -- checks ----------------------------------------------------------------------------------
+    def test_to_dense(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        assert op.dim == case.dim and tuple(op.shape) == (case.dim, case.dim), case.id
+        scale = float(dense.abs().max())
+        assert_close_dense(op.to_dense(), dense, rtol=self._tol(case), atol=self._tol(case) * scale,
+                           name=f"to_dense [{case.id}]")
+
+    def test_quadratic(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        X = self._coords(op, case, 3)
+        x = vec_row(X)
+        expected = torch.einsum("bi,ij,bj->b", x, dense, x)
+        bound = torch.einsum("bi,ij,bj->b", x.abs(), dense.abs(), x.abs())
+        got = op.quadratic(X).to(torch.float64)
+        assert_close_dense(got, expected, rtol=self._tol(case), atol=self._tol(case) * float(bound.max()),
+                           name=f"quadratic [{case.id}]")
+
+    def test_logdet(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        expected = torch.linalg.slogdet(dense)[1]
+        tol = self._tol(case, inverse=True) * max(1.0, abs(float(expected)))
+        assert abs(float(op.logdet()) - float(expected)) <= tol, f"logdet [{case.id}]"
+
+    def test_inverse_factors(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        left, right, scale = op.inverse_factors()
+        L = torch.eye(case.n, dtype=torch.float64) if left is None else left.to(torch.float64)
+        R = torch.eye(case.m, dtype=torch.float64) if right is None else right.to(torch.float64)
+        B = torch.kron(L.contiguous(), R.contiguous())
+        s = torch.broadcast_to(scale.to(torch.float64), (case.n, case.m)).reshape(-1)
+        residual = dense @ (B * s) @ B.T - torch.eye(case.dim, dtype=torch.float64)
+        assert float(residual.abs().max()) <= self._tol(case, inverse=True) * 10, f"inverse_factors [{case.id}]"
+
+    def test_sample_map(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        eye = torch.eye(case.dim, dtype=torch.float64).reshape(case.dim, case.n, case.m)
+        W = vec_row(op.sample_map(eye)).T  # columns: images of the unit vectors
+        residual = dense @ W @ W.T - torch.eye(case.dim, dtype=torch.float64)
+        assert float(residual.abs().max()) <= self._tol(case, inverse=True) * 10, f"sample_map [{case.id}]"
+
+    def test_projected_diagonal(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        L = torch.randn(case.n, case.n, generator=case.generator(11), dtype=torch.float64)
+        R = torch.randn(case.m, case.m, generator=case.generator(12), dtype=torch.float64)
+        for left, right in ((None, None), (L, R)):
+            Lm = torch.eye(case.n, dtype=torch.float64) if left is None else left
+            Rm = torch.eye(case.m, dtype=torch.float64) if right is None else right
+            B = torch.kron(Lm.contiguous(), Rm.contiguous())
+            expected = torch.diagonal(B.T @ dense @ B).reshape(case.n, case.m)
+            got = torch.broadcast_to(op.projected_diagonal(left, right).to(torch.float64), (case.n, case.m))
+            bound = torch.diagonal(B.abs().T @ dense.abs() @ B.abs()).reshape(case.n, case.m)
+            assert_close_dense(got, expected, rtol=self._tol(case), atol=self._tol(case) * float(bound.max()),
+                               name=f"projected_diagonal [{case.id}]")
+
+    def test_trace_inverse_product(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        inv = torch.linalg.inv(dense)
+        for other, other_dense in self._others(case):
+            expected = torch.trace(other_dense @ inv)
+            got = op.trace_inverse_product(other)
+            tol = self._tol(case, inverse=True) * float(expected.abs()) * 10
+            assert abs(float(got) - float(expected)) <= tol, f"trace_inverse_product {type(other).__name__} [{case.id}]"
+
+    def test_scaled(self, case: OperatorCase) -> None:
+        op, dense = self.make(case)
+        assert_close_dense(op.scaled(2.5).to_dense(), 2.5 * dense, rtol=self._tol(case),
+                           atol=self._tol(case) * float(dense.abs().max()), name=f"scaled [{case.id}]")
+
+    def test_state_round_trip(self, case: OperatorCase) -> None:
+        import io
+
+        from .precision import precision_from_state
+
+        op, dense = self.make(case)
+        buffer = io.BytesIO()
+        torch.save(op.state(), buffer)
+        buffer.seek(0)
+        back = precision_from_state(torch.load(buffer, weights_only=True))
+        assert type(back) is type(op), case.id
+        assert_close_dense(back.to_dense(), op.to_dense(), rtol=1e-14, atol=0.0, name=f"state [{case.id}]")
+
+    # -- two-term types --------------------------------------------------------------------------
+    def test_two_term_identities(self, case: OperatorCase) -> None:
+        import pytest
+
+        op, dense = self.make(case)
+        if not self._is_two_term(op):
+            pytest.skip("not a two-term precision")
+        F, P, beta, alpha = self.make_terms(case)
+        Sinv = torch.linalg.inv(dense)
+        tol = self._tol(case, inverse=True) * 10
+        full = torch.linalg.slogdet(dense)[1]
+        assert abs(float(op.log_eigenvalue_sum() + op.logdet_second) - float(full)) <= tol * max(1.0, abs(float(full)))
+        for term, M in ((0, F), (1, P)):
+            expected = torch.trace(M @ Sinv)
+            assert abs(float(op.trace_term(term)) - float(expected)) <= tol * max(1.0, float(expected.abs())), term
+        new = op.with_weights(beta=2.0 * beta, alpha=0.5 * alpha)
+        assert_close_dense(new.to_dense(), 2.0 * beta * F + 0.5 * alpha * P, rtol=self._tol(case),
+                           atol=self._tol(case) * float(dense.abs().max()) * 4, name=f"with_weights [{case.id}]")
+
+    def test_compress(self, case: OperatorCase) -> None:
+        import pytest
+
+        op, dense = self.make(case)
+        if not self._is_two_term(op):
+            pytest.skip("not a two-term precision")
+        terms = self.make_term_objects(case)
+        F, P, beta, alpha = self.make_terms(case)
+        compressed, error = op.compress(terms, 2.0, 3.0)
+        target = 2.0 * F + 3.0 * P
+        actual = float(torch.linalg.matrix_norm(compressed.to_dense() - target) / torch.linalg.matrix_norm(target))
+        assert abs(actual - error) <= 1e-8 + 1e-6 * actual, f"compress error [{case.id}]: {actual} vs {error}"
+
+    def make_term_objects(self, case: OperatorCase) -> tuple[Any, Any]:
+        """Two-term types: the term objects ``(F, P)`` of :meth:`make` (for ``compress``)."""
+        raise NotImplementedError("Two-term precision types implement make_term_objects(case).")

@@ -39,8 +39,6 @@ from typing import Any, Literal, Sequence
 import torch
 
 from ._validation import check_positive, check_probability, error_message
-from .gaussian import IsotropicPrecision
-from .kron import KronDecomposed
 
 __all__ = [
     "PACBayesObjective",
@@ -121,23 +119,22 @@ class PACBayesObjective:
         self.names = list(posterior.groups)
         self.layers: dict[str, dict[str, Any]] = {}
         self.flat: dict[str, dict[str, Any]] = {}
+        self._logdet_gap = 0.0  # logdet of posteriors that keep the prior term in part (diagonal)
         device = posterior.device
         for name, g in posterior.groups.items():
             p = posterior.prior.groups[name]
             diff = g.mean.to(torch.float64) - p.mean.to(device=g.mean.device, dtype=torch.float64)
             maha = p.precision_quadratic(diff).detach() / float(p.temperature)
-            if isinstance(g.precision, KronDecomposed):
-                if g.terms is None or p.precision is not g.terms[1]:
+            if g.terms is not None:  # a two-term posterior: beta d + alpha in the prior's metric
+                if p.precision is not g.terms[1]:
                     raise ValueError(error_message(f"posterior layer '{name}'",
                                                    "built by skkprior.laplace.posterior (prior as its second term)",
                                                    "a precision of another origin"))
-                dd = torch.outer(g.precision.D_G, g.precision.D_A).detach()
+                dd = g.precision.whitened_curvature().detach()
                 self.layers[name] = {"dd": dd, "maha": maha, "dim": g.dim}
-            elif isinstance(g.precision, IsotropicPrecision):
+                self._logdet_gap += float(g.precision.logdet_gap)
+            else:  # no curvature: Q's precision is alpha times the prior's, whatever its type
                 self.flat[name] = {"maha": maha, "dim": g.dim}
-            else:
-                raise ValueError(error_message(f"posterior group '{name}'", "two-term or isotropic",
-                                               type(g.precision).__name__))
         self.device = device
         # One vectorized route for all layers: every layer's eigenvalue grid lives in one flat
         # tensor (the per-layer entries are views into it) and per-layer scales are gathered
@@ -181,8 +178,8 @@ class PACBayesObjective:
         else:  # shared: one elementwise pass fewer
             trace, trace_term = tau * inv.sum(), tau * (self._dd * inv).sum()
         kl = 0.5 * (trace + self._layer_maha - self._layer_dim.sum() + torch.log(lam).sum()
-                    - (self._layer_dim * lt).sum())
-        # isotropic groups. Q: precision alpha * v, temperature tau; P: precision v.
+                    - (self._layer_dim * lt).sum() + self._logdet_gap)
+        # groups without curvature. Q: precision alpha * P, temperature tau; P: the prior's.
         d = self._flat_dim
         kl = kl + 0.5 * ((d * torch.exp(lt_flat - la_flat)).sum() + self._flat_maha - d.sum()
                          + (d * (la_flat - lt_flat)).sum())
@@ -427,14 +424,14 @@ def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, 
     quads: dict[str, torch.Tensor] = {}
     curv: dict[str, torch.Tensor] = {}
     for name, g in posterior.groups.items():
-        if not isinstance(g.precision, KronDecomposed):
+        if g.terms is None:  # no curvature
             continue
         prior_group = posterior.prior.groups[name]  # its precision is the posterior's second term
         delta = g.mean.to(torch.float64) - prior_group.mean.to(device=g.mean.device, dtype=torch.float64)
         quads[name] = prior_group.precision_quadratic(delta)
         prec = g.precision
-        beta = torch.as_tensor(prec.beta, dtype=torch.float64, device=prec.D_G.device).detach()
-        curv[name] = torch.outer(prec.D_G.detach() * beta, prec.D_A.detach()).reshape(-1).clamp_min(0.0)
+        beta = torch.as_tensor(prec.beta, dtype=torch.float64, device=prec.device).detach()
+        curv[name] = (prec.whitened_curvature().detach() * beta).reshape(-1).clamp_min(0.0)
     if not quads:
         raise ValueError(error_message("posterior", "at least one layer with curvature (a KroneckerPosterior "
                                        "from skkprior.posterior)", "none",
@@ -510,7 +507,9 @@ def laplace_log_evidence(posterior: Any, *, nll_sum: float) -> torch.Tensor:
     nll = check_positive(nll_sum, "nll_sum", allow_zero=True)
     beta = _shared_likelihood_scale(posterior)
     quads, curv = _evidence_terms(posterior)
-    return _evidence_value(quads, curv, posterior.prior_scale, beta, nll)
+    # a posterior that keeps its prior term only in part (a diagonal one) has a larger logdet
+    gap = sum(float(g.precision.logdet_gap) for g in posterior.groups.values() if g.terms is not None)
+    return _evidence_value(quads, curv, posterior.prior_scale, beta, nll) - 0.5 * gap
 
 
 def _solve_log_alpha(quads: Sequence[torch.Tensor], curv: Sequence[torch.Tensor], u0: float,

@@ -138,10 +138,19 @@ def test_kl_of_self_is_zero_and_kl_is_positive(setup):
         assert float(post.with_scales(temperature=tau).kl_to_prior().total) > 0
 
 
-def test_kl_between_posteriors_is_refused(setup):
+def test_kl_between_any_two_precision_types_against_dense(setup):
+    """The precision protocol makes every pair work, posterior against posterior included."""
     _, _, _, post = setup
-    with pytest.raises(NotImplementedError, match="not supported"):
-        post.kl(post)
+    other = post.with_scales(prior_scale=3.0, temperature=0.2)
+    mq, Pq = post.to_dense()
+    mp, Pp = other.to_dense()
+    torch.testing.assert_close(post.kl(other).total, dense_kl(mq, Pq, mp, Pp), rtol=1e-8, atol=1e-8)
+    assert abs(float(post.kl(post).total)) < 1e-8 * post.dim
+    # a posterior against a prior whose layers are compressed to one Kronecker product
+    compressed = other.as_prior()
+    mc, Pc = compressed.to_dense()
+    torch.testing.assert_close(post.kl(compressed).total, dense_kl(mq, Pq, mc, Pc), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(compressed.kl(post).total, dense_kl(mc, Pc, mq, Pq), rtol=1e-8, atol=1e-8)
 
 
 def test_negative_kl_raises(setup, monkeypatch):

@@ -201,7 +201,7 @@ def _layer_shape_mismatch(s):
     (_nan_mean, "mean of group 'fc1' in the file must be finite"),
     (_negative_temperature, "temperature of group 'fc1' in the file must be a positive finite number"),
     (_wrong_mean_shape, r"mean of group 'fc1' in the file must be of shape \(6, 5\)"),
-    (_wrong_factor_size, "Kronecker precision of group 'fc1' in the file must be factors of sizes"),
+    (_wrong_factor_size, "precision of group 'fc1' in the file must be Kronecker factors of sizes"),
     (_indefinite_factor, "factor G of the precision of group 'fc1' in the file must be positive definite"),
     (_nan_isotropic, "precision of group 'norm.weight' in the file must be a valid precision"),
     (_layer_shape_mismatch, "layer of group 'fc1' in the file must be consistent with its parameters"),
@@ -234,7 +234,7 @@ def test_broken_posterior_files_are_refused_at_load(fitted):
     def missing_scale(s):
         del s["scales"]["temperature"]["fc2"]
 
-    for edit, match in ((nan_eigenvalue, "D_G of the two-term precision of group 'fc1'"),
+    for edit, match in ((nan_eigenvalue, "D_G of the precision of group 'fc1'"),
                         (indefinite_curvature, "curvature term of group 'fc1' in the file must be positive semi"),
                         (other_prior_scale, "group 'fc1' of the posterior file must be the posterior of its prior"),
                         (missing_scale, "temperature in the posterior file must be a value per group")):

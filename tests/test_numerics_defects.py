@@ -113,8 +113,10 @@ def test_pac_bayes_estimator_skips_overflowing_candidates(iris):
 
 
 # -- class 3: the PSD projection's tolerance follows the dtype and the accumulation ---------------------
-from skkprior.kron import Kron  # noqa: E402
-from skkprior.laplace import _symmetrized  # noqa: E402
+from skkprior.kron import (
+    Kron,  # noqa: E402
+    psd_projected,  # noqa: E402
+)
 from skkprior.testing import high_precision_inverse, high_precision_logdet, random_spd  # noqa: E402
 from skkprior.tuning import LN2, PACBayesObjective, _bound_from_risk  # noqa: E402
 
@@ -151,7 +153,7 @@ def test_float64_factor_keeps_its_small_eigenvalues_kl_exact(ill_conditioned):
     # smallest eigenvalues; the old float32-level cut (size eps_32 max = 6e-7 max) zeroed the
     # output factor's eigenvalue 1e-8 and gave a KL far too low
     assert float(ours) == pytest.approx(float(dense), rel=1e-7)
-    (f_g, _), (f_a, _) = _symmetrized(F)[1]
+    (f_g, _), (f_a, _) = psd_projected(F)[1]
     assert bool((f_g > 0).all()) and bool((f_a > 0).all())
 
 
@@ -212,7 +214,7 @@ def test_rank_deficient_float32_factors_still_project_to_zero():
     F = curv.factors["2"]
     raw = torch.linalg.eigvalsh(F.G)
     assert float(raw.abs().min()) < 1e-5 * float(raw.max())       # the null direction, as noise
-    (f_g, V_g), _ = _symmetrized(F, getattr(curv, "rounding", {}).get("2"))[1]
+    (f_g, V_g), _ = psd_projected(F, getattr(curv, "rounding", {}).get("2"))[1]
     assert int((f_g == 0).sum()) == 1
     ones = torch.ones(5, dtype=DT) / math.sqrt(5)
     assert float((V_g[:, f_g == 0].T @ ones).abs().max()) == pytest.approx(1.0, abs=1e-6)

@@ -282,7 +282,7 @@ class LayerwiseGaussian:
             mean = torch.zeros(p.numel(), dtype=dtype, device=device) if zero_mean else p.reshape(-1).to(dtype)
             groups.append(GaussianGroup(pname, (pname,), (tuple(p.shape),), None, mean,
                                         IsotropicPrecision(float(precision), p.numel()), temperature))
-        return cls(_model_order(groups, model), metadata)
+        return cls(model_order(groups, model), metadata)
 
     # -- basic properties ------------------------------------------------------------------------
     def __iter__(self) -> Iterator[GaussianGroup]:
@@ -600,7 +600,10 @@ def _as_params(params: Mapping[str, torch.Tensor] | nn.Module, keep_grad: bool =
     return params
 
 
-def _model_order(groups: list[GaussianGroup], model: nn.Module) -> list[GaussianGroup]:
+def model_order(groups: list[GaussianGroup], model: nn.Module) -> list[GaussianGroup]:
     """Sort groups by the position of their first parameter in ``model.named_parameters()``."""
     position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     return sorted(groups, key=lambda g: position.get(g.parameter_names[0], len(position)))
+
+
+_model_order = model_order  # the former name

@@ -35,7 +35,8 @@ from torch import nn
 
 from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
 from ._validation import check_positive, error_message
-from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, _model_order
+from .curvature import kfac
+from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, model_order
 from .kron import Kron, KronSum, positive_definite_nearest, psd_projected
 from .precision import TwoTermPrecision
 
@@ -156,7 +157,7 @@ class KroneckerPrior(LayerwiseGaussian):
                 groups.append(g)
                 continue
             if name == head:
-                groups.append(_zero_isotropic_layer_group(layer, shapes, self.weight_decay, device))
+                groups.append(zero_isotropic_layer_group(layer, shapes, self.weight_decay, device))
                 continue
             problems.append(f"layer '{name}': prior has "
                             f"{'nothing' if g is None else list(zip(g.parameter_names, g.parameter_shapes))}, "
@@ -180,7 +181,7 @@ class KroneckerPrior(LayerwiseGaussian):
                               "Use the architecture the prior was learned on; only the head "
                               f"(here '{head}') may change its shape.")
             )
-        return self._new(_model_order(groups, model))
+        return self._new(model_order(groups, model))
 
 
 class KroneckerPosterior(LayerwiseGaussian):
@@ -392,11 +393,15 @@ def _per_group(value: ScaleArg, groups: Mapping[str, GaussianGroup], name: str, 
     return out
 
 
-def _zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
+def zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> GaussianGroup:
+    """The group ``N(0, weight_decay^-1 I)`` of one layer (a new head), Kronecker-factored."""
     prec = Kron(torch.eye(layer.n, dtype=torch.float64, device=device) * weight_decay,
                 torch.eye(layer.m, dtype=torch.float64, device=device))
     mean = torch.zeros(layer.n, layer.m, dtype=torch.float64, device=device)
     return GaussianGroup(layer.name, layer.parameter_names, shapes, layer, mean, prec, 1.0)
+
+
+_zero_isotropic_layer_group = zero_isotropic_layer_group  # the former name
 
 
 def isotropic_prior(model: nn.Module, *, weight_decay: float = 1e-4, zero_mean: bool = True) -> KroneckerPrior:
@@ -536,11 +541,9 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
                  "prior_scale": alpha0, "likelihood_scale": beta0, "temperature": tau0}
     if kind == "isotropic":
         gauss = LayerwiseGaussian.isotropic(model, wd / alpha0, temperature=tau0)
-        groups = [(_zero_isotropic_layer_group(g.layer, g.parameter_shapes, wd, g.mean.device)
+        groups = [(zero_isotropic_layer_group(g.layer, g.parameter_shapes, wd, g.mean.device)
                    if g.name == head else g) for g in gauss]
         return KroneckerPrior(groups, {**base_meta, "kind": "isotropic", "n_source": None, "source_nll": None})
-
-    from .curvature import kfac
 
     if curvature is None:
         curvature = kfac(model, X, y, fisher=fisher, batch_size=batch_size, device=device,
@@ -552,7 +555,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     for name, layer in layers.items():
         shapes = tuple(tuple(params[p].shape) for p in layer.parameter_names)
         if name == head:
-            groups.append(_zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
+            groups.append(zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
         F, _ = psd_projected(factors[name], getattr(curvature, "rounding", {}).get(name))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
@@ -575,7 +578,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     meta = {**base_meta, "kind": "kronecker", "n_source": int(curvature.n_samples),
             "source_nll": None if curvature.nll_sum is None else float(curvature.nll_sum),
             "fisher": fisher, "compression": compression, "nkp_error": errors}
-    return KroneckerPrior(_model_order(groups, model), meta)
+    return KroneckerPrior(model_order(groups, model), meta)
 
 
 def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[str, torch.Tensor], *,

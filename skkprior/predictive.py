@@ -92,12 +92,15 @@ _F64 = torch.float64
 _CHUNK_ELEMENTS = 1 << 22
 
 
-class _NonFiniteLogits(ValueError):
+class NonFiniteLogits(ValueError):
     """Logits that overflowed the network's dtype (or float64) although the inputs are finite.
 
     A ``ValueError`` for the user; :func:`~skkprior.tuning.tune_validation` and the estimators'
     grids catch this class to skip a grid point whose posterior is too broad to evaluate.
     """
+
+
+_NonFiniteLogits = NonFiniteLogits  # the former name, kept for tuning.py
 
 
 def _scales_text(gaussian: Any) -> str:
@@ -123,7 +126,7 @@ _TOO_BROAD_FIX = ("The posterior is too broad for the network: its draws overflo
 
 
 def _check_draw_logits(logits: torch.Tensor, where: str, gaussian: Any, dtype: torch.dtype) -> torch.Tensor:
-    """Raise :class:`_NonFiniteLogits` naming the scales when logits of posterior draws are not finite.
+    """Raise :class:`NonFiniteLogits` naming the scales when logits of posterior draws are not finite.
 
     The inputs and the logits at the mean were checked before, so a non-finite logit here
     comes from a draw that overflowed the network's dtype (softmax and argmax over it would
@@ -133,7 +136,7 @@ def _check_draw_logits(logits: torch.Tensor, where: str, gaussian: Any, dtype: t
     finite = torch.isfinite(logits)
     if not bool(finite.all()):
         n_bad = int((~finite).sum())
-        raise _NonFiniteLogits(error_message(
+        raise NonFiniteLogits(error_message(
             f"the logits of the posterior draws in {where}", f"finite in the network's dtype ({dtype})",
             f"{n_bad} non-finite logits of {logits.numel()} ({_scales_text(gaussian)})", _TOO_BROAD_FIX))
     return logits
@@ -816,7 +819,7 @@ def predict_proba_linearized(model: nn.Module, posterior: LayerwiseGaussian, X: 
 def _check_variances(values: torch.Tensor, where: str, posterior: Any) -> None:
     """NaN in the linearized logit moments: terms overflowed float64 (inf - inf or 0 * inf)."""
     if bool(torch.isnan(values).any()):
-        raise _NonFiniteLogits(error_message(
+        raise NonFiniteLogits(error_message(
             f"the linearized logit covariance in {where}", "free of NaN (it overflowed float64)",
             f"{int(torch.isnan(values).sum())} NaN entries ({_scales_text(posterior)})", _TOO_BROAD_FIX))
 

@@ -45,7 +45,9 @@ def _load(name: str, path: Path):
 
 
 def _public_modules() -> list[str]:
-    return sorted(p.stem for p in (ROOT / "skkprior").glob("*.py") if not p.name.startswith("_"))
+    package = ROOT / "skkprior"
+    modules = [p.stem for p in package.glob("*.py")] + [p.parent.name for p in package.glob("*/__init__.py")]
+    return sorted(m for m in modules if not m.startswith("_"))
 
 
 def _example_scripts() -> list[str]:

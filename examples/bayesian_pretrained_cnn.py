@@ -143,7 +143,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from _shared import parse_args, save_figure, save_results
+from _shared import config, example_parser, parse_args, save_figure, save_results
 from skkprior import LayerwiseGaussian, isotropic_prior, kfac, learn_prior, posterior
 from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
 from skkprior.metrics import evaluate, ood_auroc
@@ -164,7 +164,7 @@ FULL = {"n_fit": 7000, "n_val": 1000, "n_test": 2000, "n_ood": None, "n_samples"
         "all_rows": True, "seed": 0}
 QUICK = {"n_fit": 1000, "n_val": 150, "n_test": 200, "n_ood": 200, "n_samples": 10, "n_samples_val": 8,
          "all_rows": True, "seed": 0}
-# The size tests/test_examples_transfer.py runs (``run(args, **TEST)``): only the MAP and the
+# The size tests/test_examples_transfer.py runs (``--set`` of each entry over QUICK): only the MAP and the
 # posterior's MC predictive (the claim), smaller sets, fewer samples: the CPU budget of the tests.
 TEST = {"n_fit": 500, "n_val": 100, "n_test": 150, "n_ood": 150, "n_samples": 5, "n_samples_val": 4,
         "all_rows": False}
@@ -189,9 +189,13 @@ def _choose(scores: list[dict[str, Any]], map_val: dict[str, float]) -> tuple[di
     return rule, min(scores, key=lambda s: s["nll"])
 
 
-def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
-    """Run the comparison; ``overrides`` replace entries of the QUICK / FULL configuration (e.g. ``**TEST``)."""
-    cfg = {**(QUICK if args.quick else FULL), **overrides}
+def build_parser() -> argparse.ArgumentParser:
+    return example_parser(NAME, __doc__, FULL)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the comparison (the settings: :func:`_shared.config`)."""
+    cfg = config(args, QUICK, FULL)
     device = torch.device(args.device)
     start = time.perf_counter()
     gen = lambda seed: torch.Generator(device=device).manual_seed(seed + 10 * cfg["seed"])  # noqa: E731
@@ -372,4 +376,4 @@ def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: ar
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

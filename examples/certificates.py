@@ -123,7 +123,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
+from _shared import (  # noqa: E402
+    append_jsonl,
+    config,
+    example_parser,
+    mnist_prior,
+    parse_args,
+    progress_file,
+    save_figure,
+    save_results,
+)
 from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
@@ -135,17 +144,25 @@ WEIGHT_DECAY = 1.0
 PRIOR_SCALE = 100.0
 PRIORS = ("learned", "isotropic, learned mean", "isotropic, zero mean")
 
-CONFIG = {
-    # n_per_class None: every training image (Fashion-MNIST 60,000; Animal-MNIST 8,005)
-    "full": dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=None, max_epochs=3, batch_size=128,
-                 lr=1e-3, paper_samples=100, predictive_samples=100, n_test=None, priors=PRIORS),
-    "quick": dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=100, max_epochs=2, batch_size=64,
-                  lr=1e-3, paper_samples=10, predictive_samples=10, n_test=500, priors=PRIORS),
-}
+NAME = "certificates"
+# priors: labels of PRIORS, or "learned (nearest)" / "learned (damped)" for a learned prior with that
+# compression (``compression`` is the one of "learned"); temperatures None: the estimator's default grid
+# n_per_class None: every training image (Fashion-MNIST 60,000; Animal-MNIST 8,005)
+FULL = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=None, max_epochs=3, batch_size=128,
+            lr=1e-3, paper_samples=100, predictive_samples=100, n_test=None, priors=PRIORS, temperatures=None,
+            compression="nearest", seed=0)
+QUICK = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=100, max_epochs=2, batch_size=64,
+             lr=1e-3, paper_samples=10, predictive_samples=10, n_test=500, priors=PRIORS, temperatures=None,
+             compression="nearest", seed=0)
+
+
+def build_parser():
+    return example_parser(NAME, __doc__, FULL)
 
 
 def _prior(label: str, device: str, compression: str = "nearest") -> Any:
-    if label == "learned":
+    if label.startswith("learned"):
+        compression = label[len("learned ("):-1] if label.startswith("learned (") else compression
         return mnist_prior(weight_decay=WEIGHT_DECAY, compression=compression, device=device)
     if label == "isotropic, learned mean":
         return mnist_prior(weight_decay=WEIGHT_DECAY, kind="isotropic", device=device)
@@ -172,18 +189,18 @@ def _describe(q) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
-    seed = int(cfg.get("seed", 0))
+    cfg = config(args, QUICK, FULL)
+    seed = int(cfg["seed"])
     rows = []
-    progress = progress_file("certificates", args)  # each finished certificate, as it ends
+    progress = progress_file(NAME, args)  # each finished certificate, as it ends
     for data in cfg["datasets"]:
         X, y, X_test, y_test = _load(data, cfg["n_per_class"], cfg["n_test"], seed)
         for label in cfg["priors"]:
             start = time.perf_counter()
-            prior = _prior(label, args.device, cfg.get("compression", "nearest"))
+            prior = _prior(label, args.device, cfg["compression"])
             est = PACBayesBoundEstimator(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, bound="kl",
                                          objective="catoni", delta=0.025, delta_mc=0.01, prior_scales=[PRIOR_SCALE],
-                                         temperatures=cfg.get("temperatures"), max_epochs=cfg["max_epochs"],
+                                         temperatures=cfg["temperatures"], max_epochs=cfg["max_epochs"],
                                          batch_size=cfg["batch_size"], lr=cfg["lr"],
                                          n_samples=cfg["predictive_samples"], device=args.device, random_state=seed)
             est.fit(X, y)
@@ -205,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
             log.info("%s", row)
             rows.append(row)
             append_jsonl(progress, row)
-    table = save_results("certificates", rows, args, extra={"config": {k: list(v) if isinstance(v, tuple) else v
+    table = save_results(NAME, rows, args, extra={"config": {k: list(v) if isinstance(v, tuple) else v
                                                                        for k, v in cfg.items()},
                                                             "prior_scale": PRIOR_SCALE, "weight_decay": WEIGHT_DECAY},
                          columns=["data", "prior", "n", "certificate", "gibbs_train", "kl", "posterior",
@@ -224,16 +241,19 @@ def _check(rows: list[dict]) -> None:
         assert r["certificate"] <= 1.0 and r["paper_diag"] <= 1.0
     for data in {r["data"] for r in rows}:
         by = {r["prior"]: r for r in rows if r["data"] == data}
-        if "learned" not in by or data != "fashion_mnist":
+        learned = [r for label, r in by.items() if label.startswith("learned")]
+        if not learned or data != "fashion_mnist":
             continue
-        assert by["learned"]["certificate"] < 1.0, by["learned"]
+        for r in learned:
+            assert r["certificate"] < 1.0, r
         # The paper's claim "tighter with the learned prior than with the isotropic priors" holds
         # against the zero-mean prior only, and only up to n = 10,000 (at n = 60,000 the nearest-NKP
         # prior gave 0.641 against 0.538); the isotropic prior with the learned mean was tighter
         # in every measured run (module docstring), so that is what is asserted.
         zero = by.get("isotropic, zero mean")
-        if zero is not None and by["learned"]["n"] <= 10_000:
-            assert by["learned"]["certificate"] < zero["certificate"], (by["learned"], zero)
+        for r in learned:
+            if zero is not None and r["n"] <= 10_000:
+                assert r["certificate"] < zero["certificate"], (r, zero)
 
 
 def _plot(rows: list[dict], args: argparse.Namespace) -> None:
@@ -256,8 +276,8 @@ def _plot(rows: list[dict], args: argparse.Namespace) -> None:
         ax.set_ylim(0, 1.05)
         ax.set_title(f"{data} (n = {sub[0]['n']})")
         ax.legend(fontsize=7)
-    save_figure(fig, "certificates", args)
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

@@ -80,7 +80,16 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
+from _shared import (  # noqa: E402
+    append_jsonl,
+    config,
+    example_parser,
+    mnist_prior,
+    parse_args,
+    progress_file,
+    save_figure,
+    save_results,
+)
 from skkprior import KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import (  # noqa: E402
     MnistCNN,
@@ -99,12 +108,18 @@ log = logging.getLogger("continual")
 WEIGHT_DECAY = 1.0
 N_SOURCE = 4000  # the MNIST prior is learned on the first 4,000 MNIST training images; the MNIST task uses the rest
 
-CONFIG = {
-    "full": dict(n_perm_tasks=5, perm_per_class=1000, seq_per_class=400, n_test=2000, max_epochs=5,
-                 batch_size=128, lr=1e-3, n_samples=30, methods=("learned", "isotropic", "finetune")),
-    "quick": dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=2,
-                  batch_size=64, lr=1e-3, n_samples=10, methods=("learned", "isotropic", "finetune")),
-}
+NAME = "continual"
+STREAMS = ("permuted_fashion", "mnist_fashion_animal")
+FULL = dict(n_perm_tasks=5, perm_per_class=1000, seq_per_class=400, n_test=2000, max_epochs=5,
+            batch_size=128, lr=1e-3, n_samples=30, methods=("learned", "isotropic", "finetune"), streams=STREAMS,
+            seed=0)
+QUICK = dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=2,
+             batch_size=64, lr=1e-3, n_samples=10, methods=("learned", "isotropic", "finetune"), streams=STREAMS,
+             seed=0)
+
+
+def build_parser():
+    return example_parser(NAME, __doc__, FULL)
 
 METHOD_LABELS = {"learned": "Laplace chain, learned MNIST prior",
                  "isotropic": "Laplace chain, isotropic prior (learned mean)",
@@ -208,12 +223,12 @@ def run_stream(tasks: list[Task], method: str, cfg: dict, device: str, seed: int
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
-    seed = int(cfg.get("seed", 0))
+    cfg = config(args, QUICK, FULL)
+    seed = int(cfg["seed"])
     builders = {"permuted_fashion": permuted_fashion, "mnist_fashion_animal": dataset_stream}
-    streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg.get("streams", builders)}
+    streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg["streams"]}
     rows, results = [], {}
-    progress = progress_file("continual", args)  # each finished stream x method, as it ends
+    progress = progress_file(NAME, args)  # each finished stream x method, as it ends
     for stream, tasks in streams.items():
         for method in cfg["methods"]:
             res = run_stream(tasks, method, cfg, args.device, seed)
@@ -227,7 +242,7 @@ def run(args: argparse.Namespace) -> dict:
             log.info("acc matrix\n%s", np.round(res["acc"], 3))
             rows.append(row)
             append_jsonl(progress, {**row, "acc": res["acc"].tolist(), "ece": res["ece"].tolist()})
-    table = save_results("continual", rows, args, extra={
+    table = save_results(NAME, rows, args, extra={
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "matrices": {f"{s}/{m}": {"acc": r["acc"].tolist(), "ece": r["ece"].tolist()}
                      for (s, m), r in results.items()}})
@@ -269,8 +284,8 @@ def _plot(results: dict, args: argparse.Namespace) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(stream)
         ax.legend(fontsize=6)
-    save_figure(fig, "continual", args)
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

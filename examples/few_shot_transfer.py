@@ -165,7 +165,17 @@ from typing import Any
 
 import numpy as np
 
-from _shared import append_jsonl, mean_std, mnist_prior, parse_args, progress_file, save_figure, save_results
+from _shared import (
+    append_jsonl,
+    config,
+    example_parser,
+    mean_std,
+    mnist_prior,
+    parse_args,
+    progress_file,
+    save_figure,
+    save_results,
+)
 from skkprior import KroneckerPriorClassifier
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class
 from skkprior.metrics import evaluate
@@ -187,7 +197,7 @@ FULL = {"datasets": ("Fashion-MNIST", "Animal-MNIST"), "sizes": (1, 5, 10, 50, 1
         "raw_seeds": None}
 QUICK = {"datasets": ("Animal-MNIST",), "sizes": (10,), "seeds": 2, "first_seed": 0, "n_test": 300,
          "n_samples": 5, "steps": HYPER["steps"], "raw_prior": True, "raw_seeds": 1}
-# The size tests/test_examples_transfer.py runs (``run(args, **TEST)``; one seed, fewer steps,
+# The size tests/test_examples_transfer.py runs (``--set`` of each entry over QUICK; one seed, fewer steps,
 # test images and posterior samples): the CPU budget of the test suite.
 TEST = {"seeds": 1, "n_test": 200, "n_samples": 4, "steps": 100, "raw_prior": False}
 
@@ -204,12 +214,13 @@ def make_classifier(prior: Any, n_train: int, *, n_samples: int, device: str, se
                                     predictive="mc", n_samples=n_samples, device=device, random_state=seed)
 
 
-def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
-    """Run the comparison; ``overrides`` replace entries of the QUICK / FULL configuration (e.g. ``**TEST``)."""
-    cfg = dict(QUICK if args.quick else FULL)
-    if args.seeds is not None:
-        cfg["seeds"] = args.seeds
-    cfg.update(overrides)
+def build_parser() -> argparse.ArgumentParser:
+    return example_parser(NAME, __doc__, FULL)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the comparison (the settings: :func:`_shared.config`)."""
+    cfg = config(args, QUICK, FULL)
     start = time.perf_counter()
     wd = HYPER["weight_decay"]
     priors: dict[str, Any] = {
@@ -379,4 +390,4 @@ def _plot(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

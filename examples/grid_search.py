@@ -49,22 +49,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
+from _shared import config, example_parser, mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
 from skkprior import MLP, KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
 
 log = logging.getLogger("grid_search")
 
-CONFIG = {
-    "full": dict(digits=dict(prior_scale=[0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01, 0.001], cv=3,
-                             max_epochs=30, n_samples=50),
-                 animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3,
-                             max_epochs=30, n_samples=30)),
-    "quick": dict(digits=dict(prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3, max_epochs=15,
-                              n_samples=20),
-                  animal=None),
-}
+NAME = "grid_search"
+# digits / animal: the search on each task (animal None: not run)
+FULL = dict(digits=dict(prior_scale=[0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01, 0.001], cv=3,
+                        max_epochs=30, n_samples=50),
+            animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3,
+                        max_epochs=30, n_samples=30))
+QUICK = dict(digits=dict(prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3, max_epochs=15,
+                         n_samples=20),
+             animal=None)
+
+
+def build_parser():
+    return example_parser(NAME, __doc__, FULL)
 
 
 def to_images(X):
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
+    cfg = config(args, QUICK, FULL)
     out = {}
     c = cfg["digits"]
     X, y = load_digits(return_X_y=True)
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
                 "test_acc_best": v["test_best"]["accuracy"], "test_nll_best": v["test_best"]["nll"],
                 "test_acc_default": v["test_default"]["accuracy"], "test_nll_default": v["test_default"]["nll"],
                 "search_s": v["seconds"]} for v in out.values()]
-    table = save_results("grid_search", rows, args, extra={"summary": summary})
+    table = save_results(NAME, rows, args, extra={"summary": summary})
     print()
     save_results("grid_search_summary", summary, args)
     _plot(out, args)
@@ -180,8 +184,8 @@ def _plot(out: dict, args: argparse.Namespace) -> None:
             for j in range(len(taus)):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax)
-    save_figure(fig, "grid_search", args)
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

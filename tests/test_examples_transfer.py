@@ -1,7 +1,7 @@
 """Scaled-down runs of examples/bayesian_pretrained_cnn.py and examples/few_shot_transfer.py.
 
-Each test imports the example's ``run`` and calls it on the CPU (no subprocess) at the
-example's ``TEST`` size (smaller than ``--quick``: one seed, fewer images, steps and posterior
+Each test imports the example's ``run`` and calls it on the CPU (no subprocess) with the
+example's ``TEST`` settings over its quick configuration (smaller than ``--quick``: one seed, fewer images, steps and posterior
 samples, to fit the test suite's CPU budget); the examples assert their own claims, and these
 tests assert them again with thresholds measured on exactly this configuration (numbers below
 and in each example's docstring). Everything is seeded, so a run is deterministic up to
@@ -33,16 +33,16 @@ def _example(name: str):
     return importlib.import_module(name)
 
 
-def _args(tmp_path: Path, **kwargs) -> argparse.Namespace:
-    base = {"device": "cpu", "quick": True, "seeds": None, "out": str(tmp_path), "threads": None}
-    base.update(kwargs)
-    return argparse.Namespace(**base)
+def _args(example, tmp_path: Path) -> argparse.Namespace:
+    from _shared import make_args
+
+    return make_args(example.NAME, out=tmp_path, **example.TEST)
 
 
 @pytest.mark.slow
 def test_bayesian_pretrained_cnn_quick(tmp_path):
     example = _example("bayesian_pretrained_cnn")
-    result = example.run(_args(tmp_path), **example.TEST)
+    result = example.run(_args(example, tmp_path))
     by = {r["method"]: r for r in result["rows"]}
     mp, post = by["MAP (pretrained CNN)"], by["posterior, MC"]
     # the pretrained network has (almost certainly) seen these digits
@@ -68,7 +68,7 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
 @pytest.mark.slow
 def test_few_shot_transfer_quick(tmp_path):
     example = _example("few_shot_transfer")
-    result = example.run(_args(tmp_path), **example.TEST)
+    result = example.run(_args(example, tmp_path))
     by = {(r["dataset"], r["per_class"], r["prior"]): r for r in result["rows"]}
     learned, iso, zero = (by[("Animal-MNIST", 10, name)] for name in example.PRIORS)
     # The paper's claim (the learned prior beats both isotropic priors in accuracy and NLL at 10

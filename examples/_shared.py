@@ -48,7 +48,7 @@ def example_parser(name: str, doc: str | None, full: dict[str, Any]) -> argparse
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown table and PNG")
-    parser.add_argument("--tag", default=None, help="results under <name>_<tag>[_quick].* (a variant of the run)")
+    parser.add_argument("--tag", default=None, help="write the results as <name>_<tag>.* (a named variant of the run)")
     return parser
 
 
@@ -165,13 +165,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
 
 
 def _stem(name: str, args: argparse.Namespace) -> str:
-    return name + (f"_{args.tag}" if getattr(args, "tag", None) else "") + ("_quick" if args.quick else "")
+    """``<name>_<tag>`` for a tagged variant, else ``<name>`` or ``<name>_quick``."""
+    tag = getattr(args, "tag", None)
+    return f"{name}_{tag}" if tag else name + ("_quick" if args.quick else "")
 
 
 def save_results(name: str, rows: Sequence[dict[str, Any]], args: argparse.Namespace,
                  extra: dict[str, Any] | None = None, columns: Sequence[str] | None = None,
                  reproduce: str | None = None) -> str:
-    """Write ``<out>/<name>[_<tag>][_quick].{json,md}``; return (and print) the table.
+    """Write ``<out>/<stem>.{json,md}`` (``<name>_<tag>``, ``<name>`` or ``<name>_quick``); return the table.
 
     Both files name the command that reproduces them (``reproduce``, by default :func:`command`):
     the JSON under ``"command"``, the table in its first line ``Reproduce: `...```.

@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     if set(FEW_SHOT_JOBS) <= have:
         _few_shot(res, args, machine, where)
     if "bayes" in have:
-        for f in (res / "bayes").iterdir():
-            shutil.copy(f, RESULTS / f.name)
+        _copy(res, "bayes")
     if {"cont_perm", "cont_seq"} <= have:
         _continual(res, args, machine, where)
     if {"cert_A", "cert_A_damped"} <= have:
@@ -90,13 +89,26 @@ def main(argv: list[str] | None = None) -> None:
                          "config on Fashion-MNIST, zero-mean prior only (100 samples, the estimator's default "
                          "temperatures; the CPU rows of certificates_fashion_n60000 used 10 samples and temperatures "
                          "1, 0.3, 0.1), seed 0")
-    # grid search and progressive networks: one job each, copied (each file names its example's command)
-    for job in ("grid", "prog"):
-        for f in (res / job).iterdir() if job in have else ():
-            shutil.copy(f, RESULTS / f.name)
+    for job in ("grid", "prog"):  # grid search and progressive networks: one job each, copied
+        if job in have:
+            _copy(res, job)
     if "tune" in have:
         _tuning(res)
     print("merged into", RESULTS, "and", ROOT / "benchmarks" / "results")
+
+
+def _copy(res: Path, job: str) -> None:
+    """Copy the results of a one-job example; they name the job and this script as their command."""
+    for f in (res / job).iterdir():
+        if f.suffix == ".json":
+            payload = json.loads(f.read_text())
+            (RESULTS / f.name).write_text(json.dumps({**payload, "command": reproduce(job)}, indent=2))
+        elif f.suffix == ".md":
+            lines = f.read_text().splitlines()
+            (RESULTS / f.name).write_text("\n".join(f"Reproduce: `{reproduce(job)}`" if line.startswith("Reproduce:")
+                                                    else line for line in lines) + "\n")
+        elif not f.name.endswith("_progress.jsonl"):
+            shutil.copy(f, RESULTS / f.name)
 
 
 def _few_shot(res: Path, args: argparse.Namespace, machine: dict, where: str) -> None:

@@ -1,46 +1,17 @@
 """Bayesian Progressive Neural Networks against the posterior chain and independent networks.
 
-Two task-incremental streams (every task has its own classes; a method is told the task at test
-time), with few training examples per class:
+Two task-incremental streams (split Fashion-MNIST; MNIST -> Fashion-MNIST -> Animal-MNIST) with
+few training examples per class: ``ProgressivePriorClassifier`` with the learned and with the
+isotropic prior, the posterior chain (``partial_fit``), and one network per task. Accuracy, ECE
+and forgetting per task; the progressive network's predictions are checked to be unchanged.
 
-- split Fashion-MNIST: 5 tasks of 2 classes ([0, 1], [2, 3], ..., [8, 9]);
-- MNIST -> Fashion-MNIST -> Animal-MNIST: 3 tasks of 10 classes.
+Run::
 
-Methods, all with the same network, epochs, scale choice (``scaling="validation"``) and
-Monte-Carlo predictive:
+    python examples/progressive.py --quick                    # a small CNN pretrained here, CPU
+    python examples/progressive.py --device cuda              # the pretrained MNIST CNN, 10 and 100 per class
 
-- ``progressive, learned prior``: :class:`~skkprior.progressive.ProgressivePriorClassifier`, every
-  column under the prior learned from the pretrained MNIST network (METHOD.md section 5);
-- ``progressive, isotropic prior``: the same with the isotropic prior centred at the pretrained
-  weights, ``N(theta_s, delta^-1 I)``;
-- ``posterior chain``: one :class:`~skkprior.KroneckerPriorClassifier` with a 10-way head learning
-  task after task with ``partial_fit`` (the posterior of one task is the prior of the next),
-  evaluated task-incrementally (its probabilities restricted to the task's classes);
-- ``independent networks``: one :class:`~skkprior.KroneckerPriorClassifier` per task, each under
-  the learned prior.
-
-For each stream, number of examples per class and method: accuracy and ECE (15 bins) of every
-task after the last one, their averages, the average over the later tasks (2nd onwards), and
-forgetting (Chaudhry et al.) from the accuracy matrix. The progressive network cannot forget:
-the script checks that its final predictions of every task are bitwise those right after the
-task was learned.
-
-Run ``python examples/progressive.py --quick`` on a CPU (a small CNN pretrained here on MNIST
-for a minute, 10 examples per class, 300 test images per task) or ``python examples/progressive.py``
-on a GPU (the pretrained MNIST CNN of ``pretrained_mnist_cnn`` and its learned prior, 10 and 100
-examples per class, up to 2,000 test images per task). Results go to
-``examples/results/progressive[_quick].{json,md}``.
-
-Measured at full size (GPU: NVIDIA H200, one seed, 263 s; ``scripts/full_runs/go.sh``;
-``examples/results/progressive.md``), average accuracy over the tasks after the last one,
-progressive with the learned prior / with the isotropic prior (learned mean) / independent
-networks: split Fashion-MNIST 10 per class 0.917 / 0.917 / 0.887, 100 per class 0.968 / 0.970 /
-0.975; MNIST -> Fashion -> Animal 10 per class 0.655 / 0.673 / 0.634, 100 per class 0.841 /
-0.844 / 0.845. Progressive columns forget nothing (checked bitwise) and beat independent
-networks at 10 per class, but the learned prior is not better than the isotropic one with the
-same mean (a tie on split Fashion-MNIST at 10 per class, 0.917 against 0.917, lower in the
-other three settings), and at 100 per class independent networks are as good. The posterior
-chain (no new columns) forgets 0.08 - 0.27 (0.07 - 0.46 with PAC-Bayes scales).
+Settings: ``QUICK`` / ``FULL`` below (``--set KEY=VALUE``). Results:
+``examples/results/progressive*``; measurements and discussion: ``docs/examples/progressive.md``.
 """
 
 from __future__ import annotations

@@ -90,6 +90,48 @@ def fmt_r(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"
 
 
+def add_run_arguments(parser: Any, name: str) -> None:
+    """The options of a benchmark that keeps a table of runs: ``--device``, ``--threads``, where to write."""
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out-json", type=Path, default=RESULTS / f"{name}.json")
+    parser.add_argument("--out-md", type=Path, default=RESULTS / f"{name}.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+
+
+def parse_run(parser: Any, argv: Sequence[str] | None) -> tuple[Any, torch.device]:
+    """Parse ``argv``; the device of ``--device`` (an error when CUDA is missing); set the threads."""
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda given but torch.cuda.is_available() is False")
+    torch.set_num_threads(args.threads)
+    return args, device
+
+
+class Run:
+    """One run of a benchmark with a table of runs: the machine (taken at the start, when the load
+    average says how busy it is), the wall and process time, and the record written at the end."""
+
+    def __init__(self, benchmark: str, device: torch.device) -> None:
+        self.benchmark, self.device = benchmark, device
+        self.info = machine_info(device)
+        self._start = (time.perf_counter(), time.process_time())
+
+    def finish(self, args: Any, argv: Sequence[str] | None, rows: list[dict[str, Any]], table: str,
+               markdown: Callable[[dict[str, Any]], str], **fields: Any) -> None:
+        """Print ``table``; unless ``--no-write``, add the run (``fields``, its command) to the results."""
+        wall = time.perf_counter() - self._start[0]
+        self.info["process_cpu_s_per_wall_s"] = round((time.process_time() - self._start[1]) / wall, 2)
+        print()
+        print(table)
+        run = {"machine": self.info, **fields, "command": command(f"{self.benchmark}.py", argv), "wall_s": wall,
+               "rows": rows}
+        if not args.no_write:
+            key = run_key(self.device, self.info, args.threads, args.quick)
+            write_runs(self.benchmark, key, run, args.out_json, args.out_md, markdown)
+
+
 def write_runs(benchmark: str, key: str, run: dict[str, Any], out_json: Path, out_md: Path,
                markdown: Callable[[dict[str, Any]], str]) -> None:
     """Add ``run`` (with its ``"command"``) under ``key`` to the runs of ``out_json``; rewrite both files.

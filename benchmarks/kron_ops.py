@@ -44,7 +44,7 @@ from typing import Any, Callable
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # a checkout
-from _common import RESULTS, command, fmt_r, fmt_s, machine_info, run_key, sync, timed, write_runs  # noqa: E402
+from _common import Run, add_run_arguments, fmt_r, fmt_s, parse_run, sync, timed  # noqa: E402
 
 from skkprior.kron import Kron, KronSum  # noqa: E402
 
@@ -241,35 +241,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/kron_ops.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--quick", action="store_true", help="sizes 32 64, 10 pairs, short budget")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--budget", type=float, default=6.0,
                         help="seconds per slow route and size before extrapolating")
     parser.add_argument("--dense-max-dim", type=int, default=None,
                         help="largest n m for the dense route (default 4096 on CPU, 16384 on CUDA)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--out-json", type=Path, default=RESULTS / "kron_ops.json")
-    parser.add_argument("--out-md", type=Path, default=RESULTS / "kron_ops.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_run_arguments(parser, "kron_ops")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
+    args, device = parse_run(build_parser(), argv)
     sizes, pairs_n, budget = args.sizes, args.pairs, args.budget
     if args.quick:
         sizes, pairs_n, budget = [32, 64], 10, 1.0
     dense_max = args.dense_max_dim or (16384 if device.type == "cuda" else 1024 if args.quick else 4096)
     pairs = _pairs(pairs_n)
 
-    info = machine_info(device)  # before the run: the load average says how busy the machine was
-    start, cpu_start = time.perf_counter(), time.process_time()
+    run = Run("kron_ops", device)
     rows = []
     for size in sizes:
         row = bench_size(size, device, pairs, budget, dense_max)
@@ -277,16 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"n = m = {size}: nearest {fmt_s(row['nearest_s'])}, decompose {fmt_s(row['decompose_s'])}, "
               f"re-eval {fmt_s(row['reeval_scalars_s'])} vs recompute {fmt_s(row['recompute_scalars_s'])} "
               f"({fmt_r(row['ratio_recompute_scalars'])})", flush=True)
-    wall = time.perf_counter() - start
-    info["process_cpu_s_per_wall_s"] = round((time.process_time() - cpu_start) / wall, 2)
-    print()
-    print(table(rows))
-
-    run = {"machine": info, "pairs": pairs_n, "budget_s": budget, "dense_max_dim": dense_max,
-           "command": command("kron_ops.py", argv), "wall_s": wall, "rows": rows}
-    if not args.no_write:
-        write_runs("kron_ops", run_key(device, info, args.threads, args.quick), run, args.out_json, args.out_md,
-                   markdown)
+    run.finish(args, argv, rows, table(rows), markdown, pairs=pairs_n, budget_s=budget, dense_max_dim=dense_max)
     return 0
 
 

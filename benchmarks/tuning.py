@@ -85,7 +85,7 @@ import torch
 from torch import nn
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # a checkout
-from _common import RESULTS, command, fmt_r, fmt_s, machine_info, run_key, sync, write_runs  # noqa: E402
+from _common import Run, add_run_arguments, fmt_r, fmt_s, parse_run, sync  # noqa: E402
 
 from skkprior.kron import Kron, KronDecomposed, KronSum  # noqa: E402
 from skkprior.laplace import learn_prior, posterior  # noqa: E402
@@ -608,7 +608,6 @@ def markdown(runs: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/tuning.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
     parser.add_argument("--quick", action="store_true",
                         help="CPU smoke run (~3 min): small data, synthetic at 1/16, 30 s time box")
     parser.add_argument("--workloads", nargs="+", default=["mnist_cnn", "resnet50_synthetic"],
@@ -628,21 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--finetune-steps", type=int, default=None, help="default 300; quick 100")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="delta of the learned priors")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--out-json", type=Path, default=RESULTS / "tuning.json")
-    parser.add_argument("--out-md", type=Path, default=RESULTS / "tuning.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_run_arguments(parser, "tuning")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
+    args, device = parse_run(build_parser(), argv)
     quick = args.quick
     scale = args.scale or (16 if quick else 1 if device.type == "cuda" else 8)
     budget = args.budget if args.budget is not None else (30.0 if quick else 300.0)
@@ -650,8 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     n_target = args.n_target or (1000 if quick else 4000)
     finetune = args.finetune_steps if args.finetune_steps is not None else (100 if quick else 300)
 
-    info = machine_info(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    run = Run("tuning", device)
     rows = []
     for name in args.workloads:
         if name == "mnist_cnn":
@@ -669,15 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {bound}: ours {fmt_s(o['ours_step_s'])}/step, ratio {fmt_r(o['ratio_step'])}; objective "
                   f"ours {o['ours_objective']:.6g} vs paper {o['paper_objective_exact']:.6g} (exact) / "
                   f"{o['paper_objective_nkp']:.6g} (NKP)", flush=True)
-    wall = time.perf_counter() - start
-    info["process_cpu_s_per_wall_s"] = round((time.process_time() - cpu_start) / wall, 2)
-    print()
-    print(table(rows))
-
-    run = {"machine": info, "budget_s": budget, "steps": args.steps, "objectives": args.objectives,
-           "command": command("tuning.py", argv), "wall_s": wall, "rows": rows}
-    if not args.no_write:
-        write_runs("tuning", run_key(device, info, args.threads, quick), run, args.out_json, args.out_md, markdown)
+    run.finish(args, argv, rows, table(rows), markdown, budget_s=budget, steps=args.steps,
+               objectives=args.objectives)
     return 0
 
 

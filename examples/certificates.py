@@ -30,16 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import (  # noqa: E402
-    append_jsonl,
-    config,
-    example_parser,
-    mnist_prior,
-    parse_args,
-    progress_file,
-    save_figure,
-    save_results,
-)
+import _shared  # noqa: E402
+from _shared import append_jsonl, mnist_prior, progress_file, save_figure, save_results  # noqa: E402
 from skkprior import PACBayesBoundEstimator  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, load_fashion_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
@@ -64,7 +56,7 @@ QUICK = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=100, max_ep
 
 
 def build_parser():
-    return example_parser(NAME, __doc__, FULL)
+    return _shared.example_parser(NAME, __doc__, FULL)
 
 
 def _prior(label: str, device: str, compression: str = "nearest") -> Any:
@@ -96,7 +88,7 @@ def _describe(q) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = config(args, QUICK, FULL)
+    cfg = _shared.config(args, QUICK, FULL)
     seed = int(cfg["seed"])
     rows = []
     progress = progress_file(NAME, args)  # each finished certificate, as it ends
@@ -187,4 +179,4 @@ def _plot(rows: list[dict], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run(parse_args(build_parser()))
+    run(_shared.parse_args(build_parser()))

@@ -31,16 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import (  # noqa: E402
-    append_jsonl,
-    config,
-    example_parser,
-    mnist_prior,
-    parse_args,
-    progress_file,
-    save_figure,
-    save_results,
-)
+import _shared  # noqa: E402
+from _shared import append_jsonl, mnist_prior, progress_file, save_figure, save_results  # noqa: E402
 from skkprior import KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import (  # noqa: E402
     MnistCNN,
@@ -70,7 +62,7 @@ QUICK = dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, 
 
 
 def build_parser():
-    return example_parser(NAME, __doc__, FULL)
+    return _shared.example_parser(NAME, __doc__, FULL)
 
 METHOD_LABELS = {"learned": "Laplace chain, learned MNIST prior",
                  "isotropic": "Laplace chain, isotropic prior (learned mean)",
@@ -174,7 +166,7 @@ def run_stream(tasks: list[Task], method: str, cfg: dict, device: str, seed: int
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = config(args, QUICK, FULL)
+    cfg = _shared.config(args, QUICK, FULL)
     seed = int(cfg["seed"])
     builders = {"permuted_fashion": permuted_fashion, "mnist_fashion_animal": dataset_stream}
     streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg["streams"]}
@@ -239,4 +231,4 @@ def _plot(results: dict, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    run(parse_args(build_parser()))
+    run(_shared.parse_args(build_parser()))

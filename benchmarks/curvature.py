@@ -28,23 +28,22 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import logging
 import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skkprior.curvature import kfac, kfoc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, command, sync, timed, write_result  # noqa: E402
+
+from skkprior.curvature import kfac, kfoc  # noqa: E402
 
 logger = logging.getLogger("benchmarks.curvature")
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class MnistCNN(nn.Module):
@@ -86,23 +85,6 @@ def load_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, nn.Module,
     return X, y, MnistCNN(), "random 28x28 inputs, random weights"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (allocations, cuDNN autotuning)
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def epoch(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
@@ -127,20 +109,21 @@ def bench_model(name: str, model: nn.Module, X: torch.Tensor, y: torch.Tensor, *
     train_copy = copy.deepcopy(model)
     gen = torch.Generator(device=device).manual_seed(0)
     row: dict[str, Any] = {"model": name, "parameters": sum(p.numel() for p in model.parameters())}
-    row["epoch_s"] = timed(lambda: epoch(train_copy, X, y, batch_size), device, repeats)
+    row["epoch_s"] = timed(lambda: epoch(train_copy, X, y, batch_size), device, repeats, warm_up=True, reduce=min)
     passes = {
         "kfac_mc": lambda: kfac(model, X, y, fisher="mc", batch_size=batch_size, generator=gen, progress=False),
         "kfac_exact": lambda: kfac(model, X, y, fisher="exact", batch_size=batch_size, progress=False),
         "kfoc_mc": lambda: kfoc(model, X, y, fisher="mc", batch_size=batch_size, generator=gen, progress=False),
     }
     for key, fn in passes.items():
-        row[f"{key}_s"] = timed(fn, device, repeats)
+        row[f"{key}_s"] = timed(fn, device, repeats, warm_up=True, reduce=min)
         row[f"{key}_per_epoch"] = row[f"{key}_s"] / row["epoch_s"]
         logger.info("%s %s: %.3f s (%.2fx an epoch)", name, key, row[f"{key}_s"], row[f"{key}_per_epoch"])
     if with_laplace:
         for key, stochastic, ours in (("laplace_exact", False, "kfac_exact"), ("laplace_mc", True, "kfac_mc")):
             try:
-                row[f"{key}_s"] = timed(lambda: laplace_fit(model, X, y, batch_size, stochastic), device, repeats)
+                row[f"{key}_s"] = timed(lambda: laplace_fit(model, X, y, batch_size, stochastic), device, repeats,
+                                            warm_up=True, reduce=min)
                 row[f"{ours}_per_{key}"] = row[f"{ours}_s"] / row[f"{key}_s"]
             except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
                 row[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -172,7 +155,9 @@ def write_profile(path: Path, model: nn.Module, X: torch.Tensor, y: torch.Tensor
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# Curvature pass vs one training epoch",
+        "## Curvature pass vs one training epoch",
+        "",
+        f"Reproduce: `{result['command']}`",
         "",
         f"Device: {result['device_name']}; torch {result['torch']}; {result['n']} images, batch size "
         f"{result['batch_size']}; data: {result['data']}; minimum of {result['repeats']} runs after a warm-up.",
@@ -201,8 +186,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/curvature.py", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', ...")
     parser.add_argument("--quick", action="store_true", help="1,000 images, one timed run")
     parser.add_argument("--n", type=int, default=10_000, help="number of images")
@@ -212,7 +197,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-laplace", action="store_true", help="skip laplace-torch even if importable")
     parser.add_argument("--out", default=str(RESULTS / "curvature"), help="output path without suffix")
     parser.add_argument("--profile", default=None, help="write torch.profiler tables of the CNN pass and epoch here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
     if args.threads:
@@ -238,13 +227,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__, "n": n, "batch_size": args.batch_size, "repeats": repeats,
-        "data": source, "laplace_torch": with_laplace, "rows": rows,
+        "data": source, "laplace_torch": with_laplace, "rows": rows, "command": command("curvature.py", argv),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
-    out.with_suffix(".md").write_text(md)
+    write_result(Path(args.out), result, md)
     sys.stdout.write(md)
     return result
 

@@ -13,8 +13,8 @@ Writes ``gpu_check.json`` with timings.
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +22,10 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from skkprior import KroneckerPriorClassifier, PACBayesBoundEstimator
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, command, write_result  # noqa: E402
+
+from skkprior import KroneckerPriorClassifier, PACBayesBoundEstimator  # noqa: E402
 
 
 def fit_both(device: str, X: np.ndarray, y: np.ndarray) -> dict:
@@ -46,10 +49,14 @@ def fit_both(device: str, X: np.ndarray, y: np.ndarray) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/gpu_check.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(RESULTS))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this check needs a GPU")
     X, y = load_digits(return_X_y=True)
@@ -58,6 +65,7 @@ def main() -> None:
     cpu = fit_both("cpu", X, y)
     restored = pickle.loads(gpu["clf_pickle"])
     report = {
+        "command": command("gpu_check.py", argv),
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "gpu_clf_device": gpu["clf_device"], "gpu_posterior_device": gpu["posterior_device"],
@@ -70,12 +78,11 @@ def main() -> None:
         "max_abs_proba_diff_cuda_vs_cpu": float(np.abs(gpu["clf_proba"] - cpu["clf_proba"]).max()),
         "pickle_round_trip_proba_equal": bool(np.allclose(restored.predict_proba(X[:200]), gpu["clf_proba"])),
     }
-    print(json.dumps(report, indent=2))
+    print(report)
     assert report["gpu_clf_device"].startswith("cuda") and report["gpu_posterior_device"].startswith("cuda")
     assert abs(report["clf_score"]["cuda"] - report["clf_score"]["cpu"]) < 0.03
     assert abs(report["bound"]["cuda"] - report["bound"]["cpu"]) < 0.05
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    write_result(Path(args.out) / "gpu_check", report)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,7 @@ there) and ``benchmarks/results/kron_ops.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import math
-import os
-import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,10 +43,10 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from skkprior.kron import Kron, KronSum  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # a checkout
+from _common import Run, add_run_arguments, fmt_r, fmt_s, parse_run, sync, timed  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from skkprior.kron import Kron, KronSum  # noqa: E402
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -76,22 +71,6 @@ def _pairs(count: int, seed: int = 1) -> list[tuple[float, float]]:
     return [(10.0 ** float(b), 10.0 ** float(a)) for b, a in logs]  # (beta, alpha)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_once(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _time_pairs(fn: Callable[[float, float], Any], pairs: list[tuple[float, float]],
                 device: torch.device, budget: float) -> tuple[float, int]:
     """Mean seconds per pair over as many pairs as fit in ``budget`` (at least 2), after one warm-up.
@@ -99,10 +78,10 @@ def _time_pairs(fn: Callable[[float, float], Any], pairs: list[tuple[float, floa
     A warm-up that takes more than half a second is counted as a timed pair (start-up effects
     are negligible at that scale, and it spares the budget).
     """
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     fn(*pairs[0])
-    _sync(device)
+    sync(device)
     first = time.perf_counter() - start
     done, elapsed0 = (1, first) if first > 0.5 else (0, 0.0)
     start = time.perf_counter() - elapsed0
@@ -112,7 +91,7 @@ def _time_pairs(fn: Callable[[float, float], Any], pairs: list[tuple[float, floa
         elapsed = time.perf_counter() - start
         if elapsed > budget and (done >= 2 or elapsed > 2 * budget):
             break
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / done, done
 
 
@@ -163,8 +142,8 @@ def bench_size(size: int, device: torch.device, pairs: list[tuple[float, float]]
     total = KronSum([F, P], [beta0, alpha0])
     row: dict[str, Any] = {"n": size, "m": size, "pairs": len(pairs)}
     small = size <= 256
-    row["nearest_s"] = _time_once(lambda: total.nearest(), device, repeats=5 if small else 1)
-    row["decompose_s"] = _time_once(lambda: total.decompose(), device, repeats=3 if small else 1)
+    row["nearest_s"] = timed(lambda: total.nearest(), device, repeats=5 if small else 1)
+    row["decompose_s"] = timed(lambda: total.decompose(), device, repeats=3 if small else 1)
     D = total.decompose()
     Z = torch.randn(size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
 
@@ -191,7 +170,7 @@ def bench_size(size: int, device: torch.device, pairs: list[tuple[float, float]]
         run = _dense(F_dense, P_dense)
         per, k = _time_pairs(run, pairs, device, budget)
         C, z = run(*pairs[0])[-1], Z.reshape(-1, 1)
-        solve = _time_once(lambda: torch.linalg.solve_triangular(C.mT, z, upper=True), device, repeats=3)
+        solve = timed(lambda: torch.linalg.solve_triangular(C.mT, z, upper=True), device, repeats=3)
         row["dense_scalars_s"], row["dense_scalars_measured"] = per * len(pairs), k
         row["dense_sample_s"], row["dense_sample_measured"] = (per + solve) * len(pairs), k
         for label in ("scalars", "sample"):
@@ -202,52 +181,11 @@ def bench_size(size: int, device: torch.device, pairs: list[tuple[float, float]]
 
 
 # -- reporting -------------------------------------------------------------------------------------
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _fmt_s(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f} s"
-    if value >= 1:
-        return f"{value:.2f} s"
-    return f"{value * 1e3:.1f} ms"
-
-
-def _fmt_r(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"
-
-
 def _measured(row: dict[str, Any], key: str) -> str:
     k = row.get(f"{key}_measured")
     if k is None or k >= row["pairs"]:
-        return _fmt_s(row.get(f"{key}_s"))
-    return f"{_fmt_s(row.get(f'{key}_s'))}*{k}"
+        return fmt_s(row.get(f"{key}_s"))
+    return f"{fmt_s(row.get(f'{key}_s'))}*{k}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -258,19 +196,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = [head, sep]
     for r in rows:
         lines.append(
-            f"| {r['n']} | {_fmt_s(r['nearest_s'])} | {_fmt_s(r['decompose_s'])} | "
+            f"| {r['n']} | {fmt_s(r['nearest_s'])} | {fmt_s(r['decompose_s'])} | "
             f"{_measured(r, 'reeval_scalars')} | {_measured(r, 'recompute_scalars')} | "
-            f"{_fmt_r(r['ratio_recompute_scalars'])} | {_measured(r, 'dense_scalars')} | "
-            f"{_fmt_r(r.get('ratio_dense_scalars'))} | {_measured(r, 'reeval_sample')} | "
-            f"{_measured(r, 'recompute_sample')} | {_fmt_r(r['ratio_recompute_sample'])} | "
-            f"{_measured(r, 'dense_sample')} | {_fmt_r(r['end_to_end_ratio_scalars'])} | "
+            f"{fmt_r(r['ratio_recompute_scalars'])} | {_measured(r, 'dense_scalars')} | "
+            f"{fmt_r(r.get('ratio_dense_scalars'))} | {_measured(r, 'reeval_sample')} | "
+            f"{_measured(r, 'recompute_sample')} | {fmt_r(r['ratio_recompute_sample'])} | "
+            f"{_measured(r, 'dense_sample')} | {fmt_r(r['end_to_end_ratio_scalars'])} | "
             f"{r['nkp_rel_error']:.2g} | {r['nkp_logdet_rel_diff']:.2g} |"
         )
     return "\n".join(lines)
 
 
 def markdown(runs: dict[str, Any]) -> str:
-    out = ["# Kronecker algebra benchmark (`benchmarks/kron_ops.py`)", "",
+    out = ["## Kronecker algebra benchmark (`benchmarks/kron_ops.py`)", "",
            "Times for one layer-shaped precision `S = beta F + alpha P` with `n = m` (parameter "
            "dimension `n^2`), float64. Re-evaluation, recompute and dense columns are totals for "
            "the number of `(alpha, beta)` pairs given per run; `*k` marks a total extrapolated "
@@ -286,75 +224,49 @@ def markdown(runs: dict[str, Any]) -> str:
            "and noisy.", ""]
     for key, run in runs.items():
         info = run["machine"]
-        out.append(f"## {key}")
+        out.append(f"### {key}")
+        out.append("")
+        out.append(f"Reproduce: `{run['command']}`")
         out.append("")
         desc = ", ".join(f"{k}: {v}" for k, v in info.items())
         out.append(f"Machine: {desc}. Pairs: {run['pairs']}; budget per slow route: {run['budget_s']} s; "
-                   f"command: `{run['command']}`; wall time {run['wall_s']:.0f} s.")
+                   f"wall time {run['wall_s']:.0f} s.")
         out.append("")
         out.append(table(run["rows"]))
         out.append("")
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/kron_ops.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--quick", action="store_true", help="sizes 32 64, 10 pairs, short budget")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--budget", type=float, default=6.0,
                         help="seconds per slow route and size before extrapolating")
     parser.add_argument("--dense-max-dim", type=int, default=None,
                         help="largest n m for the dense route (default 4096 on CPU, 16384 on CUDA)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--out-json", type=Path, default=RESULTS / "kron_ops.json")
-    parser.add_argument("--out-md", type=Path, default=RESULTS / "kron_ops.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
+    add_run_arguments(parser, "kron_ops")
+    return parser
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
+
+def main(argv: list[str] | None = None) -> int:
+    args, device = parse_run(build_parser(), argv)
     sizes, pairs_n, budget = args.sizes, args.pairs, args.budget
     if args.quick:
         sizes, pairs_n, budget = [32, 64], 10, 1.0
     dense_max = args.dense_max_dim or (16384 if device.type == "cuda" else 1024 if args.quick else 4096)
     pairs = _pairs(pairs_n)
 
-    info = machine_info(device)  # before the run: the load average says how busy the machine was
-    start, cpu_start = time.perf_counter(), time.process_time()
+    run = Run("kron_ops", device)
     rows = []
     for size in sizes:
         row = bench_size(size, device, pairs, budget, dense_max)
         rows.append(row)
-        print(f"n = m = {size}: nearest {_fmt_s(row['nearest_s'])}, decompose {_fmt_s(row['decompose_s'])}, "
-              f"re-eval {_fmt_s(row['reeval_scalars_s'])} vs recompute {_fmt_s(row['recompute_scalars_s'])} "
-              f"({_fmt_r(row['ratio_recompute_scalars'])})", flush=True)
-    wall = time.perf_counter() - start
-    info["process_cpu_s_per_wall_s"] = round((time.process_time() - cpu_start) / wall, 2)
-    print()
-    print(table(rows))
-
-    key = f"{device.type}" + (f" ({info['gpu']})" if "gpu" in info else f" ({info['cpu']}, {args.threads} thread(s))")
-    if args.quick:
-        key += " [quick]"
-    run = {"machine": info, "pairs": pairs_n, "budget_s": budget, "dense_max_dim": dense_max,
-           "command": "python benchmarks/kron_ops.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "wall_s": wall, "rows": rows}
-    if not args.no_write:
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        runs: dict[str, Any] = {}
-        if args.out_json.exists():
-            try:
-                runs = json.loads(args.out_json.read_text()).get("runs", {})
-            except (json.JSONDecodeError, AttributeError):
-                runs = {}
-        runs[key] = run
-        args.out_json.write_text(json.dumps({"benchmark": "kron_ops", "runs": runs}, indent=2) + "\n")
-        args.out_md.write_text(markdown(runs) + "\n")
-        print(f"\nwrote {args.out_json} and {args.out_md}")
+        print(f"n = m = {size}: nearest {fmt_s(row['nearest_s'])}, decompose {fmt_s(row['decompose_s'])}, "
+              f"re-eval {fmt_s(row['reeval_scalars_s'])} vs recompute {fmt_s(row['recompute_scalars_s'])} "
+              f"({fmt_r(row['ratio_recompute_scalars'])})", flush=True)
+    run.finish(args, argv, rows, table(rows), markdown, pairs=pairs_n, budget_s=budget, dense_max_dim=dense_max)
     return 0
 
 

@@ -74,11 +74,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
-import json
 import math
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -88,24 +84,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # a checkout
+from _common import Run, add_run_arguments, fmt_r, fmt_s, parse_run, sync  # noqa: E402
+
 from skkprior.kron import Kron, KronDecomposed, KronSum  # noqa: E402
 from skkprior.laplace import learn_prior, posterior  # noqa: E402
 from skkprior.tuning import LN2, PACBayesObjective, _bound_from_risk, tune_pac_bayes  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DT = torch.float64
 SCALES = ("prior_scale", "likelihood_scale", "temperature")
 IMAGENET_N = 1_281_167
 NLL_PER_POINT = 0.2  # synthetic workload: mean training NLL (nats)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-# -- the paper's route -------------------------------------------------------------------------------
 class PaperObjective:
     """The paper's PAC-Bayes objective with the posterior precision rebuilt by NKP for every call.
 
@@ -266,7 +257,7 @@ def adam_run(fn: Callable[..., torch.Tensor], start: dict[str, float], *, bound:
 
     values, iterates, times = [], [], []
     for _ in range(steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         opt.zero_grad()
         value = fn(logs, log_C)
@@ -276,7 +267,7 @@ def adam_run(fn: Callable[..., torch.Tensor], start: dict[str, float], *, bound:
         v = float(value.detach())  # the host sync that ends the step
         iterates.append(snap())
         opt.step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
         values.append(v)
         if not math.isfinite(v):
@@ -430,7 +421,7 @@ def _warm_up(device: torch.device) -> None:
     K = Kron(X @ X.mT + torch.eye(16, dtype=DT, device=device), X @ X.mT)
     KronSum([K, Kron.identity(16, 16, device=device)], [1.0, 1.0]).decompose()
     torch.cholesky_inverse(torch.linalg.cholesky_ex(K.G)[0])
-    _sync(device)
+    sync(device)
 
 
 def _scales(it: dict[str, float]) -> dict[str, float | None]:
@@ -451,7 +442,7 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
     _warm_up(device)
     t0 = time.perf_counter()
     post = work["build"]()
-    _sync(device)
+    sync(device)
     row["ours_decompose_s"] = time.perf_counter() - t0
     row["layers"] = sum(1 for g in post.groups.values() if g.terms is not None)
     row["parameters"] = int(post.dim)
@@ -459,10 +450,10 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
     start = {k: 1.0 for k in SCALES}
 
     # the paper's route, timed (time-boxed) under the first objective
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     paper = PaperObjective(post, nll_sum=nll_sum, n=n, bound=objectives[0])
-    _sync(device)
+    sync(device)
     row["paper_setup_s"] = time.perf_counter() - t0
     faithful = adam_run(paper, start, bound=objectives[0], steps=steps, lr=lr, device=device, budget=budget,
                         status=lambda: paper.last_status)
@@ -478,16 +469,16 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
         res: dict[str, Any] = {}
         # ours: exactly `steps` Adam steps (tol=0) after a short warm-up; then the shipped stopping rule
         tune_pac_bayes(post, nll_sum=nll_sum, n=n, objective=bound, lr=lr, max_steps=3, tol=0.0)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         ours = tune_pac_bayes(post, nll_sum=nll_sum, n=n, objective=bound, lr=lr, max_steps=steps, tol=0.0)
-        _sync(device)
+        sync(device)
         res["ours_total_s"] = time.perf_counter() - t0
         res["ours_steps"] = len(ours.history) - 1
         res["ours_step_s"] = res["ours_total_s"] / max(res["ours_steps"], 1)
         t0 = time.perf_counter()
         shipped = tune_pac_bayes(post, nll_sum=nll_sum, n=n, objective=bound, lr=lr, max_steps=steps)
-        _sync(device)
+        sync(device)
         res["ours_default_s"] = time.perf_counter() - t0
         res["ours_default_steps"] = len(shipped.history) - 1
         res["ours_default_objective"] = shipped.objective_best
@@ -546,42 +537,6 @@ def bench_workload(name: str, work: dict[str, Any], device: torch.device, *, obj
 
 
 # -- reporting ------------------------------------------------------------------------------------------------
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
-    if hasattr(os, "getloadavg"):
-        info["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _fmt_s(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 100:
-        return f"{value:.0f} s"
-    if value >= 1:
-        return f"{value:.2f} s"
-    if value >= 1e-3:
-        return f"{value * 1e3:.1f} ms"
-    return f"{value * 1e6:.0f} us"
-
-
-def _fmt_r(value: float) -> str:
-    return f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| workload | bound | layers / params / largest factor | ours: decompose | ours: per step | "
             "paper: per step | ratio per step | ours: 500 steps | paper: 500 steps | ratio 500 steps | "
@@ -595,9 +550,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             ok = "yes" if o["ours_equal_or_lower"] else "NO"
             lines.append(
                 f"| {label} | {bound} | {r['layers']} / {r['parameters']:,} / {r['largest_factor']} | "
-                f"{_fmt_s(r['ours_decompose_s'])} | {_fmt_s(o['ours_step_s'])} | {_fmt_s(r['paper_step_s'])}{star} | "
-                f"{_fmt_r(o['ratio_step'])} | {_fmt_s(o['ours_step_s'] * r['steps'])} | "
-                f"{_fmt_s(r['paper_total_s'])}{star} | {_fmt_r(o['ratio_total'])} | {_fmt_r(o['ratio_end_to_end'])} | "
+                f"{fmt_s(r['ours_decompose_s'])} | {fmt_s(o['ours_step_s'])} | {fmt_s(r['paper_step_s'])}{star} | "
+                f"{fmt_r(o['ratio_step'])} | {fmt_s(o['ours_step_s'] * r['steps'])} | "
+                f"{fmt_s(r['paper_total_s'])}{star} | {fmt_r(o['ratio_total'])} | {fmt_r(o['ratio_end_to_end'])} | "
                 f"{o['objective_start_exact']:.6g} / {o['paper_objective_start_nkp']:.6g} | {o['ours_objective']:.6g} | "
                 f"{o['paper_objective_exact']:.6g} | {o['paper_objective_nkp']:.6g} | {ok} | "
                 f"{o['nkp_error_max']:.2g} / {o['nkp_error_median']:.2g} |")
@@ -605,7 +560,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown(runs: dict[str, Any]) -> str:
-    out = ["# PAC-Bayes tuning benchmark (`benchmarks/tuning.py`)", "",
+    out = ["## PAC-Bayes tuning benchmark (`benchmarks/tuning.py`)", "",
            "Our tuning (`tune_pac_bayes`: exact two-term posterior, `O(sum n m)` per step) against the "
            "paper's procedure (per Adam step and layer: nearest Kronecker product of `beta F + alpha P`, "
            "Cholesky of both factors, Kronecker closed forms, autograd) on the same curvature, prior and "
@@ -629,9 +584,9 @@ def markdown(runs: dict[str, Any]) -> str:
            ""]
     for key, run in runs.items():
         info = run["machine"]
-        out += [f"## {key}", "",
+        out += [f"### {key}", "", f"Reproduce: `{run['command']}`", "",
                 "Machine: " + ", ".join(f"{k}: {v}" for k, v in info.items())
-                + f". Command: `{run['command']}`; wall time {run['wall_s']:.0f} s; time box of the paper's "
+                + f". Wall time {run['wall_s']:.0f} s; time box of the paper's "
                 f"route: {run['budget_s']:g} s per workload.", "", table(run["rows"]), ""]
         for r in run["rows"]:
             out.append(f"- **{r['workload']}**: {r['description']}. Set-up (data, prior, curvature) "
@@ -641,7 +596,7 @@ def markdown(runs: dict[str, Any]) -> str:
                 extra = (f"; replay check (largest relative objective difference over the faithful steps): "
                          f"{o['replay_check']:.2g}" if o["replay_check"] is not None else "")
                 out.append(f"  - {bound}: ours with the shipped stopping rule: {o['ours_default_steps']} steps, "
-                           f"{_fmt_s(o['ours_default_s'])}, objective {o['ours_default_objective']:.6g}. Scales ours: "
+                           f"{fmt_s(o['ours_default_s'])}, objective {o['ours_default_objective']:.6g}. Scales ours: "
                            + ", ".join(f"{k}={v:.4g}" for k, v in o["ours_scales"].items() if v is not None)
                            + "; paper: " + ", ".join(f"{k}={v:.4g}" for k, v in o["paper_scales"].items() if v is not None)
                            + f". Paper's final iterate: NKP objective {o['paper_objective_nkp_final']:.6g}, exact "
@@ -651,9 +606,8 @@ def markdown(runs: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:k")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/tuning.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="CPU smoke run (~3 min): small data, synthetic at 1/16, 30 s time box")
     parser.add_argument("--workloads", nargs="+", default=["mnist_cnn", "resnet50_synthetic"],
@@ -673,16 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finetune-steps", type=int, default=None, help="default 300; quick 100")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="delta of the learned priors")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--out-json", type=Path, default=RESULTS / "tuning.json")
-    parser.add_argument("--out-md", type=Path, default=RESULTS / "tuning.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
+    add_run_arguments(parser, "tuning")
+    return parser
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
+
+def main(argv: list[str] | None = None) -> int:
+    args, device = parse_run(build_parser(), argv)
     quick = args.quick
     scale = args.scale or (16 if quick else 1 if device.type == "cuda" else 8)
     budget = args.budget if args.budget is not None else (30.0 if quick else 300.0)
@@ -690,8 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     n_target = args.n_target or (1000 if quick else 4000)
     finetune = args.finetune_steps if args.finetune_steps is not None else (100 if quick else 300)
 
-    info = machine_info(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    run = Run("tuning", device)
     rows = []
     for name in args.workloads:
         if name == "mnist_cnn":
@@ -703,35 +652,14 @@ def main(argv: list[str] | None = None) -> int:
                              budget=budget)
         rows.append(row)
         ext = f" (extrapolated from {row['paper_measured_steps']} steps)" if row["paper_extrapolated"] else ""
-        print(f"{name}: decompose {_fmt_s(row['ours_decompose_s'])}; paper {_fmt_s(row['paper_step_s'])}/step, "
-              f"{_fmt_s(row['paper_total_s'])} for {args.steps} steps{ext}", flush=True)
+        print(f"{name}: decompose {fmt_s(row['ours_decompose_s'])}; paper {fmt_s(row['paper_step_s'])}/step, "
+              f"{fmt_s(row['paper_total_s'])} for {args.steps} steps{ext}", flush=True)
         for bound, o in row["objectives"].items():
-            print(f"  {bound}: ours {_fmt_s(o['ours_step_s'])}/step, ratio {_fmt_r(o['ratio_step'])}; objective "
+            print(f"  {bound}: ours {fmt_s(o['ours_step_s'])}/step, ratio {fmt_r(o['ratio_step'])}; objective "
                   f"ours {o['ours_objective']:.6g} vs paper {o['paper_objective_exact']:.6g} (exact) / "
                   f"{o['paper_objective_nkp']:.6g} (NKP)", flush=True)
-    wall = time.perf_counter() - start
-    info["process_cpu_s_per_wall_s"] = round((time.process_time() - cpu_start) / wall, 2)
-    print()
-    print(table(rows))
-
-    key = f"{device.type}" + (f" ({info['gpu']})" if "gpu" in info else f" ({info['cpu']}, {args.threads} thread(s))")
-    if quick:
-        key += " [quick]"
-    run = {"machine": info, "budget_s": budget, "steps": args.steps, "objectives": args.objectives,
-           "command": "python benchmarks/tuning.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "wall_s": wall, "rows": rows}
-    if not args.no_write:
-        args.out_json.parent.mkdir(parents=True, exist_ok=True)
-        runs: dict[str, Any] = {}
-        if args.out_json.exists():
-            try:
-                runs = json.loads(args.out_json.read_text()).get("runs", {})
-            except (json.JSONDecodeError, AttributeError):
-                runs = {}
-        runs[key] = run
-        args.out_json.write_text(json.dumps({"benchmark": "tuning", "runs": runs}, indent=2) + "\n")
-        args.out_md.write_text(markdown(runs) + "\n")
-        print(f"\nwrote {args.out_json} and {args.out_md}")
+    run.finish(args, argv, rows, table(rows), markdown, budget_s=budget, steps=args.steps,
+               objectives=args.objectives)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Helpers shared by the examples: command line, the cached MNIST prior, tables and results.
+"""Helpers shared by the examples: command line and configuration, the cached MNIST prior, results.
+
+Every example has the configurations ``QUICK`` and ``FULL`` (dicts), a ``build_parser()`` made by
+:func:`example_parser` and a ``run(args)`` that reads its settings with :func:`config`; from Python,
+:func:`make_args` gives the same ``args`` as the command line.
 
 Not part of the library; each example imports it as ``from _shared import ...`` (the examples
 folder is on ``sys.path`` when an example runs as a script).
@@ -7,10 +11,12 @@ folder is on ``sys.path`` when an example runs as a script).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,23 +31,76 @@ from skkprior.datasets import cache_home, data_home, load_mnist, pretrained_mnis
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def parse_args(description: str, extra: Sequence[tuple[str, dict[str, Any]]] = ()) -> argparse.Namespace:
-    """``--device`` (auto), ``--quick`` (the scaled-down run the tests use), ``--seeds``, ``--out``."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+def example_parser(name: str, doc: str | None, full: dict[str, Any]) -> argparse.ArgumentParser:
+    """The command line of every example: ``--quick``, ``--set KEY=VALUE`` (a key of ``full``), and
+    where it runs and writes (``--device``, ``--threads``, ``--out``, ``--tag``).
+
+    ``--set`` values are Python literals (``--set "sizes=(1, 5)"``, ``--set n_test=None``); a bare word
+    is a string, and a single value given for a tuple-valued setting becomes a one-element tuple.
+    """
+    parser = argparse.ArgumentParser(prog=f"python examples/{name}.py",
+                                     description=(doc or name).strip().splitlines()[0])
+    parser.set_defaults(example=name)
     parser.add_argument("--quick", action="store_true", help="scaled-down run (minutes on a 2-core CPU)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default per example)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown table and PNG")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        type=lambda text: _setting(text, full),
+                        help=f"replace one setting of the configuration ({', '.join(full)})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    for name, kwargs in extra:
-        parser.add_argument(name, **kwargs)
-    args = parser.parse_args()
+    parser.add_argument("--out", default=str(RESULTS), help="folder for the JSON, markdown table and PNG")
+    parser.add_argument("--tag", default=None, help="write the results as <name>_<tag>.* (a named variant of the run)")
+    return parser
+
+
+def _setting(text: str, full: dict[str, Any]) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or key not in full:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY one of {', '.join(full)}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if isinstance(full[key], tuple) and not isinstance(value, (tuple, list)) and value is not None:
+        value = (value,)
+    return key, value
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``args.overrides`` holds the ``--set`` settings."""
+    args = parser.parse_args(argv)
+    args.overrides = dict(args.settings)
+    del args.settings
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     return args
+
+
+def make_args(example: str, *, quick: bool = True, device: str = "cpu", out: str | Path = RESULTS,
+              tag: str | None = None, threads: int | None = None, **overrides: Any) -> argparse.Namespace:
+    """The arguments of a run from Python (tests, ``scripts/full_runs``): as ``--set`` gives them."""
+    return argparse.Namespace(example=example, quick=quick, device=device, out=str(out), tag=tag, threads=threads,
+                              overrides=overrides)
+
+
+def config(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> dict[str, Any]:
+    """The run's configuration: ``quick`` or ``full``, with ``args.overrides`` replacing entries."""
+    unknown = set(args.overrides) - set(full)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)} for examples/{args.example}.py: {sorted(full)}")
+    return {**(quick if args.quick else full), **args.overrides}
+
+
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a run with ``args``."""
+    parts = ["python", f"examples/{args.example}.py"] + (["--quick"] if args.quick else [])
+    parts += ["--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+    parts += ["--tag", args.tag] if args.tag else []
+    for key, value in args.overrides.items():
+        parts += ["--set", f"{key}={value!r}"]
+    return shlex.join(parts)
 
 
 def prior_path(*, weight_decay: float, kind: str = "kronecker", n_source: int | None = None,
@@ -105,18 +164,29 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
+def _stem(name: str, args: argparse.Namespace) -> str:
+    """``<name>_<tag>`` for a tagged variant, else ``<name>`` or ``<name>_quick``."""
+    tag = getattr(args, "tag", None)
+    return f"{name}_{tag}" if tag else name + ("_quick" if args.quick else "")
+
+
 def save_results(name: str, rows: Sequence[dict[str, Any]], args: argparse.Namespace,
-                 extra: dict[str, Any] | None = None, columns: Sequence[str] | None = None) -> str:
-    """Write ``<out>/<name>.json`` and ``<out>/<name>.md``; return (and print) the table."""
+                 extra: dict[str, Any] | None = None, columns: Sequence[str] | None = None,
+                 reproduce: str | None = None) -> str:
+    """Write ``<out>/<stem>.{json,md}`` (``<name>_<tag>``, ``<name>`` or ``<name>_quick``); return the table.
+
+    Both files name the command that reproduces them (``reproduce``, by default :func:`command`):
+    the JSON under ``"command"``, the table in its first line ``Reproduce: `...```.
+    """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, columns)
-    payload = {"example": name, "quick": bool(args.quick), "device": args.device, "machine": machine(),
-               "rows": list(rows), **(extra or {})}
-    suffix = "_quick" if args.quick else ""
-    (out / f"{name}{suffix}.json").write_text(json.dumps(payload, indent=2, default=float))
-    (out / f"{name}{suffix}.md").write_text(
-        f"<!-- written by examples/{name}.py{' --quick' if args.quick else ''} on {machine()} -->\n\n{table}\n")
+    reproduce = reproduce or command(args)
+    payload = {"example": name, "command": reproduce, "quick": bool(args.quick), "device": args.device,
+               "machine": machine(), "rows": list(rows), **(extra or {})}
+    stem = _stem(name, args)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=float))
+    (out / f"{stem}.md").write_text(f"Reproduce: `{reproduce}`\n\n<!-- machine: {machine()} -->\n\n{table}\n")
     print(table)
     return table
 
@@ -126,7 +196,7 @@ def save_figure(fig: Any, name: str, args: argparse.Namespace) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    out = Path(args.out) / f"{name}{'_quick' if args.quick else ''}.png"
+    out = Path(args.out) / f"{_stem(name, args)}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -140,7 +210,7 @@ def progress_file(name: str, args: argparse.Namespace) -> Path:
     A run that is cut off (a time limit, a lost machine) keeps what it finished; the final JSON
     and table are written at the end as usual. Append with :func:`append_jsonl`.
     """
-    path = Path(args.out) / f"{name}{'_quick' if args.quick else ''}_progress.jsonl"
+    path = Path(args.out) / f"{_stem(name, args)}_progress.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("")
     return path

@@ -1,134 +1,19 @@
 """The Bayesian counterpart of a pretrained MNIST CNN: in-distribution fit and OOD detection.
 
-What it shows
--------------
-The pretrained MNIST CNN of :func:`skkprior.datasets.pretrained_mnist_cnn` becomes a Bayesian
-network without any retraining: its K-FAC curvature on the MNIST training split gives the
-Laplace posterior ``N(theta_s, tau (F_s + alpha delta I)^-1)`` per layer (exact two-term form,
-:func:`skkprior.posterior` around the pretrained weights with the isotropic ``delta I`` as
-the prior term). :func:`skkprior.learn_prior` stores the very same Gaussian, compressed to one
-Kronecker product per layer, as the prior that ``few_shot_transfer.py`` reuses; a row of the
-table evaluates that compressed form too. The table compares the pretrained network (MAP)
-with the posterior's Monte-Carlo and linearized predictives on held-out MNIST (accuracy, NLL,
-ECE) and for telling MNIST from Fashion-MNIST and Animal-MNIST test images (AUROC of the
-maximum predictive probability).
+The pretrained MNIST CNN and its Laplace posterior (exact two-term form and the compressed learned
+prior), compared as MAP, Monte-Carlo and linearized predictives on held-out MNIST (accuracy, NLL,
+ECE) and for telling MNIST from Fashion-MNIST and Animal-MNIST (AUROC of the maximum probability).
+The posterior's scales are chosen on MNIST validation digits only (``NLL_TOLERANCE`` rule).
 
-How the posterior's scales are chosen (never on test or OOD data)
------------------------------------------------------------------
-``(alpha, tau)`` come from a fixed grid (``alpha * delta`` in 0.1, 1, 10, 100 with
-``delta = 1e-4``, ``tau`` in 0.1, 0.01, 0.001; ``beta = 1``), scored on a validation part of the MNIST *training*
-split that the curvature never saw. The pretrained CNN was almost certainly trained on these
-very digits (it gets 99.85 % of all 10,000, 100 % of the held-out ones here, with a mean NLL
-of 1e-3 or less), so "held-out" MNIST is not really held out: the validation NLL always prefers
-the sharpest posterior, i.e. the MAP itself, and a plain NLL search only ends at the edge of
-the grid (its choice is shown in the "val-NLL" row). The rule used for the main rows is
-fixed in advance and uses MNIST validation data only: among the grid points whose
-validation accuracy is not below the MAP's and whose validation NLL is within
-``NLL_TOLERANCE = 0.01`` nats of the MAP's, take the broadest one (the highest mean predictive
-entropy on the validation digits). It asks "how much posterior uncertainty can we add
-without hurting the fit to the source data?", separately for each predictive.
+Run::
 
-Run
----
-``python examples/bayesian_pretrained_cnn.py --device cuda`` (full: curvature on 7,000
-digits, 1,000 validation digits, 2,000 MNIST / 10,000 Fashion-MNIST / 2,000 Animal-MNIST
-test images, 100 posterior samples; writes ``examples/results/bayesian_pretrained_cnn.*``;
-measured, below). ``--quick`` is the scaled-down CPU run below. The test
-(``tests/test_examples_transfer.py``) calls ``run(args, **TEST)``: curvature on 500 digits,
-100 validation digits, 150 images per test set, 4 / 5 posterior samples, and only the MAP and
-the posterior's MC predictive.
+    python examples/bayesian_pretrained_cnn.py --quick            # scaled-down, CPU
+    python examples/bayesian_pretrained_cnn.py --device cuda      # full size
+    python examples/bayesian_pretrained_cnn.py --quick --set n_samples=20
 
-Measured at full size (GPU)
----------------------------
-The full configuration on an NVIDIA H200 (36 s, 4 s of it the posterior; ``scripts/full_runs/go.sh``;
-2,000 MNIST, 10,000 Fashion-MNIST and all 1,995 Animal-MNIST test images;
-``examples/results/bayesian_pretrained_cnn.md``)::
-
-    | method                               | a*d (p) | tau   | acc   | nll     | ece      | AUROC F | AUROC A |
-    | MAP (pretrained CNN)                 |         |       | 0.999 | 0.02173 | 0.001172 | 0.9316  | 0.9470  |
-    | posterior, MC                        | 100     | 0.001 | 0.999 | 0.02167 | 0.001167 | 0.9313  | 0.9465  |
-    | posterior, linearized                | 100     | 0.001 | 0.999 | 0.02161 | 0.001171 | 0.9342  | 0.9484  |
-    | learned prior (damped NKP), MC       | 100     | 0.001 | 0.999 | 0.0217  | 0.00117  | 0.9315  | 0.9464  |
-    | learned prior (nearest NKP), MC      | 100     | 0.001 | 0.999 | 0.02165 | 0.001171 | 0.9316  | 0.9469  |
-    | posterior, MC, val-NLL choice        | 100     | 0.001 | 0.999 | 0.02167 | 0.001167 | 0.9313  | 0.9465  |
-    | control: isotropic N(MAP, 1/p I), MC | 1000    | 1     | 0.999 | 0.01965 | 0.00093  | 0.9581  | 0.9695  |
-
-**At full size the claim does not hold: the posterior is the MAP.** The reason is the
-selection rule meeting memorized validation data, visible on the validation digits alone: the
-MAP classifies all 1,000 of them correctly (validation NLL 7.5e-4), every Monte-Carlo posterior
-of the grid misclassifies at least one (accuracy 0.999 or lower), so no grid point passes "accuracy not below the
-MAP's", the rule falls back to the lowest validation NLL, and that is the sharpest corner
-(``alpha * delta = 100, tau = 0.001``): a posterior so narrow that its AUROC equals the MAP's
-(0.9313 against 0.9316, 0.9465 against 0.9470). The isotropic control, whose grid reaches
-validation accuracy 1.0, passes the rule and gains 0.027 / 0.023 AUROC. A rule with an
-accuracy tolerance (one validation digit, like the NLL tolerance) would have picked a broader
-posterior; it was not changed after seeing these results, and it was not re-run.
-
-Measured (quick, CPU)
----------------------
-Quick mode on a shared 2-core CPU, one torch thread (curvature on 1,000 digits, 150
-validation digits, 200 images per test set, 10 posterior samples; 118 s, 20 s of it the
-posterior), ``python examples/bayesian_pretrained_cnn.py --quick --device cpu --threads 1``
-(``examples/results/bayesian_pretrained_cnn_quick.md``)::
-
-    | method                               | a*d (p) | tau   | acc  | nll      | ece      | AUROC F | AUROC A |
-    | MAP (pretrained CNN)                 |         |       | 1    | 1.9e-08  | 1.9e-08  | 0.9347  | 0.9518  |
-    | posterior, MC                        | 1       | 0.01  | 1    | 0.003267 | 0.002987 | 0.9799  | 0.9804  |
-    | posterior, linearized                | 10      | 0.1   | 1    | 0.001898 | 0.001869 | 0.9892  | 0.9879  |
-    | learned prior (damped NKP), MC       | 1       | 0.01  | 1    | 3.9e-06  | 3.9e-06  | 0.9857  | 0.9796  |
-    | learned prior (nearest NKP), MC      | 1       | 0.01  | 0.99 | 0.1675   | 0.1259   | 0.9688  | 0.961   |
-    | posterior, MC, val-NLL choice        | 100     | 0.001 | 1    | 2.9e-08  | 2.9e-08  | 0.9348  | 0.9519  |
-    | control: isotropic N(MAP, 1/p I), MC | 300     | 1     | 1    | 4.7e-06  | 4.7e-06  | 0.9916  | 0.9814  |
-
-(``a*d`` is ``alpha * delta``, ``p`` the precision of the isotropic control; AUROC F / A
-against Fashion-MNIST / Animal-MNIST.)
-
-Test size (``TEST``; about 25 s on one thread, 19 s of it the posterior), three data/sampling
-seeds (``run(args, **TEST, seed=s)``; the test runs seed 0), each on four CPU code paths (default
-AVX-512; ``ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2``;
-``ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2``; 2 threads). The MAP rows are the
-same on every path; the posterior's are not: its eigenbases differ in the last bits, so its
-Monte-Carlo draws differ, and with 4 validation samples the chosen scales differ too::
-
-    | seed | MAP acc | MAP AUROC F / A | posterior MC, per path: a*d, tau -> AUROC gain F / A          |
-    | 0    | 1       | 0.9418 / 0.9470 | 100, 0.1: +0.009 / -0.003    1, 0.01: +0.003 / -0.006       |
-    |      |         |                 | 1, 0.01: +0.009 / +0.007     0.1, 0.001: +0.004 / +0.004    |
-    | 1    | 0.9933  | 0.9356 / 0.9692 | 100, 0.1: +0.006 / +0.005    10, 0.1: +0.030 / +0.010       |
-    |      |         |                 | 100, 0.1: +0.010 / +0.002    10, 0.1: +0.024 / +0.015       |
-    | 2    | 1       | 0.9343 / 0.9627 | 10, 0.1: +0.046 / +0.027     100, 0.1: +0.035 / +0.018      |
-    |      |         |                 | 1, 0.01: +0.046 / +0.016     1, 0.001: +0.024 / +0.011      |
-
-(paths in the order above; the posterior keeps the MAP's accuracy in all 12 runs). The 24 AUROC
-gains have mean +0.015 and standard deviation 0.014 (min -0.006, max +0.046; 2 of 24
-negative): at this size the gain is not reliably positive, so the check allows
-``AUROC_SLACK_SMALL = 0.02`` (the mean minus 2.5 standard deviations; 3.5 times the largest
-deficit measured) for the sizes with OOD subsets (test and quick); the full run keeps
-``AUROC_SLACK_FULL = 0.002``.
-
-What it says, honestly:
-
-- In quick and test-size runs the claim holds (at full size it did not, above): with scales
-  chosen on MNIST validation digits only, the posterior flags
-  Fashion-MNIST and Animal-MNIST images better than the pretrained network (max-probability
-  AUROC 0.935 -> 0.980 / 0.989 and 0.952 -> 0.980 / 0.988 for the MC / linearized
-  predictive) and keeps its MNIST accuracy. The pretrained network's own AUROC is higher
-  here than the 0.81 / 0.83 quoted in DATA.md (another protocol or other image subsets).
-- A plain validation-NLL search picks the sharpest corner of the grid, i.e. the MAP
-  (row "val-NLL choice"): the digits were seen in training, so they cannot reward
-  uncertainty. Hence the tolerance rule above.
-- The gain does not need the curvature: the control, an isotropic Gaussian around the
-  pretrained weights with its precision chosen by the same rule, does as well (0.992 /
-  0.981). The MC Fisher of this network, which is (almost) always right and confident on its
-  training digits, comes from the few digits whose sampled label is not the predicted one, so
-  in most directions the posterior is the isotropic term anyway.
-- The same Gaussian compressed to one Kronecker product per layer (what ``learn_prior``
-  stores) depends on the compression. ``compression="damped"`` (what
-  ``few_shot_transfer.py`` uses; relative Frobenius error 0.35 - 0.86, it over-approximates
-  the precision) is as good as the exact posterior (AUROC 0.986 / 0.980, accuracy 1).
-  ``compression="nearest"`` (the paper's; error 0.05 - 0.17) keeps the large curvature
-  eigenvalues and loses the isotropic floor, so it is broader than the exact posterior in
-  most directions: it is worse (accuracy 0.99, NLL 0.17, AUROC 0.969 / 0.961), though still
-  better than the MAP at flagging foreign images.
+Settings: ``QUICK`` / ``FULL`` below (``--set KEY=VALUE``); ``TEST`` is the size the tests run.
+Results: ``examples/results/bayesian_pretrained_cnn*``; measurements and discussion:
+``docs/examples/bayesian_pretrained_cnn.md``.
 """
 
 from __future__ import annotations
@@ -143,7 +28,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from _shared import parse_args, save_figure, save_results
+from _shared import config, example_parser, parse_args, save_figure, save_results
 from skkprior import LayerwiseGaussian, isotropic_prior, kfac, learn_prior, posterior
 from skkprior.datasets import load_animal_mnist, load_fashion_mnist, load_mnist, pretrained_mnist_cnn
 from skkprior.metrics import evaluate, ood_auroc
@@ -151,7 +36,7 @@ from skkprior.predictive import linearized_logit_moments, predict_proba_map, pre
 
 NAME = "bayesian_pretrained_cnn"
 NLL_TOLERANCE = 0.01
-# posterior AUROC >= MAP AUROC - slack (module docstring): measured spread of the gain at test size
+# posterior AUROC >= MAP AUROC - slack (docs/examples/bayesian_pretrained_cnn.md): measured spread of the gain at test size
 # (sd 0.014 over 3 seeds x 4 CPU paths) and the full run's near-tie
 AUROC_SLACK_SMALL = 0.02
 AUROC_SLACK_FULL = 0.002
@@ -164,7 +49,7 @@ FULL = {"n_fit": 7000, "n_val": 1000, "n_test": 2000, "n_ood": None, "n_samples"
         "all_rows": True, "seed": 0}
 QUICK = {"n_fit": 1000, "n_val": 150, "n_test": 200, "n_ood": 200, "n_samples": 10, "n_samples_val": 8,
          "all_rows": True, "seed": 0}
-# The size tests/test_examples_transfer.py runs (``run(args, **TEST)``): only the MAP and the
+# The size tests/test_examples_transfer.py runs (``--set`` of each entry over QUICK): only the MAP and the
 # posterior's MC predictive (the claim), smaller sets, fewer samples: the CPU budget of the tests.
 TEST = {"n_fit": 500, "n_val": 100, "n_test": 150, "n_ood": 150, "n_samples": 5, "n_samples_val": 4,
         "all_rows": False}
@@ -189,9 +74,13 @@ def _choose(scores: list[dict[str, Any]], map_val: dict[str, float]) -> tuple[di
     return rule, min(scores, key=lambda s: s["nll"])
 
 
-def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
-    """Run the comparison; ``overrides`` replace entries of the QUICK / FULL configuration (e.g. ``**TEST``)."""
-    cfg = {**(QUICK if args.quick else FULL), **overrides}
+def build_parser() -> argparse.ArgumentParser:
+    return example_parser(NAME, __doc__, FULL)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the comparison (the settings: :func:`_shared.config`)."""
+    cfg = config(args, QUICK, FULL)
     device = torch.device(args.device)
     start = time.perf_counter()
     gen = lambda seed: torch.Generator(device=device).manual_seed(seed + 10 * cfg["seed"])  # noqa: E731
@@ -314,17 +203,17 @@ def run(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
 
 
 def _check(result: dict[str, Any]) -> None:
-    """The claims, with thresholds from the measured runs (see the module docstring).
+    """The claims, with thresholds from the measured runs (see docs/examples/bayesian_pretrained_cnn.md).
 
     The full configuration (``n_ood`` None: all OOD test images) is checked against its own
-    measured run, where the selection rule falls back to the sharpest posterior (docstring).
+    measured run, where the selection rule falls back to the sharpest posterior (docs/examples/bayesian_pretrained_cnn.md).
     """
     by = {r["method"]: r for r in result["rows"]}
     mp = by["MAP (pretrained CNN)"]
     # the pretrained net has (almost certainly) seen these digits: near-perfect held-out accuracy
     assert mp["accuracy"] >= 0.99, mp
     # at full size a tie is allowed, the chosen posterior being nearly the MAP (-0.0005 .. +0.003); on
-    # the OOD subsets of the test and quick sizes, the measured spread of the gain (module docstring)
+    # the OOD subsets of the test and quick sizes, the measured spread of the gain (docs/examples/bayesian_pretrained_cnn.md)
     full = result["config"]["n_ood"] is None
     slack = AUROC_SLACK_FULL if full else AUROC_SLACK_SMALL
     for label in ("posterior, MC", "posterior, linearized"):
@@ -372,4 +261,4 @@ def _plot(probas: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], args: ar
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

@@ -1,67 +1,18 @@
 """Continual learning: the posterior of each task becomes the prior of the next (online Laplace chain).
 
-What it shows
--------------
-``KroneckerPriorClassifier.partial_fit`` learns one task per call; after each task the Laplace
-posterior ``N(theta_t, (F_t + P_t)^-1)`` (exact two-term form per layer) is compressed to one
-Kronecker product per layer (NKP) and becomes the prior ``P_{t+1}`` of the next task, starting from
-
-- the learned MNIST prior (``mnist_prior``: K-FAC of the pretrained MNIST CNN, ``delta = 1``),
-- the isotropic prior with learned mean ``N(theta_MNIST, delta^-1 I)``,
-
-against plain fine-tuning (the same network, optimizer, learning rate, batches and epochs with no
-prior term). Two streams, one 10-way head reused by every task:
-
-- permuted Fashion-MNIST (task 0 the images as they are, then a fixed pixel permutation per task;
-  5 tasks in full mode, 3 in quick mode);
-- MNIST -> Fashion-MNIST -> Animal-MNIST (labels 0-9 of each data set on the same head). The MNIST
-  prior is learned on the first 4,000 MNIST training images and the MNIST task trains on the other
-  4,000, so no image enters both the prior and the likelihood.
-
-Reported: the accuracy matrix ``acc[i, j]`` (after task i, on the test set of task j), average
-accuracy after the last task, forgetting (Chaudhry et al.), and the ECE on every task after the last.
-
-Choices (measured, quick mode, CPU)
------------------------------------
-The chain is the exact Bayesian one: ``scaling="fixed"`` with ``alpha = beta = tau = 1``, so the
-prior of task t+1 is ``F_t + P_t``. (With ``scaling="validation"`` the predictive's scales would be
-tuned per task, but ``partial_fit`` still passes on the posterior at the given scales, so tuned
-scales never compound along the chain.) With
-``delta = 1`` this posterior is far too wide for the Monte-Carlo predictive: on permuted task 0 the
-MC predictive got 0.114 accuracy against 0.682 for the MAP network, and the linearized predictive
-0.678 but with ECE 0.52 (MAP: 0.043). The accuracy matrix therefore uses the MAP network of each
-chain (``predictive="map"``), like fine-tuning; the ECE is the MAP network's too.
+``KroneckerPriorClassifier.partial_fit`` task after task on permuted Fashion-MNIST and on MNIST ->
+Fashion-MNIST -> Animal-MNIST (one 10-way head), started from the learned MNIST prior or the
+isotropic prior with the learned mean, against plain fine-tuning: the accuracy matrix, average
+accuracy, forgetting and ECE per task.
 
 Run::
 
-    python examples/continual.py --device cuda                       # full size (GPU), below
-    python examples/continual.py --quick --device cpu --threads 1    # subsets, ~7 minutes on a CPU
+    python examples/continual.py --quick --device cpu --threads 1    # subsets, minutes on a CPU
+    python examples/continual.py --device cuda                       # full size
+    python examples/continual.py --quick --set streams=permuted_fashion --set n_perm_tasks=2
 
-Measured at full size (GPU: NVIDIA H200, seed 0, one job per stream, ``scripts/full_runs/go.sh``;
-``examples/results/continual.md``): 5 permuted Fashion-MNIST tasks of 10,000 training images and
-MNIST -> Fashion -> Animal with 4,000 each, 5 epochs, 2,000 test images per task. Forgetting,
-average accuracy after the last task:
-
-- permuted Fashion-MNIST: learned-prior chain 0.023, 0.811; isotropic-prior chain 0.020, 0.813;
-  fine-tuning 0.264, 0.628 (its first task falls from 0.858 to 0.417);
-- MNIST -> Fashion -> Animal: learned-prior chain 0.273, 0.708; isotropic-prior chain 0.268,
-  0.709; fine-tuning 0.622, 0.492 (Fashion-MNIST falls to 0.195 after Animal-MNIST).
-
-The claim holds at full size, more clearly than in quick mode: the chains forget 12 - 13 times
-(permuted) and 2.3 times (sequence) less than fine-tuning and end 0.18 / 0.22 higher in average
-accuracy. The learned MNIST prior and the isotropic prior with the same mean start chains that
-are indistinguishable (average accuracy 0.0015 apart, forgetting 0.003 - 0.005, final accuracy
-per task within 0.014), so the gain is the chain's, not the learned prior's. The chains' ECE per
-task after the last task is 0.02 - 0.11, fine-tuning's up to 0.44.
-
-Measured (quick mode: 1,000 training images per task, 2 epochs, 500 test images; CPU, one thread,
-seed 0; forgetting, average accuracy after the last task)
---------------------------------------------------------------------------------------------------
-permuted Fashion-MNIST (3 tasks): learned-prior chain 0.011, 0.640; isotropic-prior chain 0.019,
-0.641; fine-tuning 0.068, 0.597. MNIST -> Fashion -> Animal: learned-prior chain 0.185, 0.563;
-isotropic-prior chain 0.193, 0.558; fine-tuning 0.317, 0.468. The chains forget less than
-fine-tuning on both streams (asserted); the learned-prior chain and the chain started from the
-isotropic prior are within noise of each other (no claim made). The ECE per task is in the table.
+Settings: ``QUICK`` / ``FULL`` below (``--set KEY=VALUE``). Results:
+``examples/results/continual*``; measurements and discussion: ``docs/examples/continual.md``.
 """
 
 from __future__ import annotations
@@ -80,7 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import append_jsonl, mnist_prior, parse_args, progress_file, save_figure, save_results  # noqa: E402
+import _shared  # noqa: E402
+from _shared import append_jsonl, mnist_prior, progress_file, save_figure, save_results  # noqa: E402
 from skkprior import KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import (  # noqa: E402
     MnistCNN,
@@ -99,12 +51,18 @@ log = logging.getLogger("continual")
 WEIGHT_DECAY = 1.0
 N_SOURCE = 4000  # the MNIST prior is learned on the first 4,000 MNIST training images; the MNIST task uses the rest
 
-CONFIG = {
-    "full": dict(n_perm_tasks=5, perm_per_class=1000, seq_per_class=400, n_test=2000, max_epochs=5,
-                 batch_size=128, lr=1e-3, n_samples=30, methods=("learned", "isotropic", "finetune")),
-    "quick": dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=2,
-                  batch_size=64, lr=1e-3, n_samples=10, methods=("learned", "isotropic", "finetune")),
-}
+NAME = "continual"
+STREAMS = ("permuted_fashion", "mnist_fashion_animal")
+FULL = dict(n_perm_tasks=5, perm_per_class=1000, seq_per_class=400, n_test=2000, max_epochs=5,
+            batch_size=128, lr=1e-3, n_samples=30, methods=("learned", "isotropic", "finetune"), streams=STREAMS,
+            seed=0)
+QUICK = dict(n_perm_tasks=3, perm_per_class=100, seq_per_class=100, n_test=500, max_epochs=2,
+             batch_size=64, lr=1e-3, n_samples=10, methods=("learned", "isotropic", "finetune"), streams=STREAMS,
+             seed=0)
+
+
+def build_parser():
+    return _shared.example_parser(NAME, __doc__, FULL)
 
 METHOD_LABELS = {"learned": "Laplace chain, learned MNIST prior",
                  "isotropic": "Laplace chain, isotropic prior (learned mean)",
@@ -208,12 +166,12 @@ def run_stream(tasks: list[Task], method: str, cfg: dict, device: str, seed: int
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
-    seed = int(cfg.get("seed", 0))
+    cfg = _shared.config(args, QUICK, FULL)
+    seed = int(cfg["seed"])
     builders = {"permuted_fashion": permuted_fashion, "mnist_fashion_animal": dataset_stream}
-    streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg.get("streams", builders)}
+    streams = {k: build(cfg, seed) for k, build in builders.items() if k in cfg["streams"]}
     rows, results = [], {}
-    progress = progress_file("continual", args)  # each finished stream x method, as it ends
+    progress = progress_file(NAME, args)  # each finished stream x method, as it ends
     for stream, tasks in streams.items():
         for method in cfg["methods"]:
             res = run_stream(tasks, method, cfg, args.device, seed)
@@ -227,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
             log.info("acc matrix\n%s", np.round(res["acc"], 3))
             rows.append(row)
             append_jsonl(progress, {**row, "acc": res["acc"].tolist(), "ece": res["ece"].tolist()})
-    table = save_results("continual", rows, args, extra={
+    table = save_results(NAME, rows, args, extra={
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
         "matrices": {f"{s}/{m}": {"acc": r["acc"].tolist(), "ece": r["ece"].tolist()}
                      for (s, m), r in results.items()}})
@@ -237,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _check(results: dict) -> None:
-    """The claims, with thresholds from the measured runs (see the module docstring)."""
+    """The claims, with thresholds from the measured runs (see docs/examples/continual.md)."""
     for (stream, method), res in results.items():
         assert np.isfinite(res["acc"][np.tril_indices(len(res["acc"]))]).all()
         if method == "learned" and (stream, "finetune") in results:
@@ -269,8 +227,8 @@ def _plot(results: dict, args: argparse.Namespace) -> None:
         ax.set_ylabel("test accuracy")
         ax.set_title(stream)
         ax.legend(fontsize=6)
-    save_figure(fig, "continual", args)
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(_shared.parse_args(build_parser()))

@@ -1,40 +1,17 @@
 """GridSearchCV over the prior scale and the temperature of KroneckerPriorClassifier, in a Pipeline.
 
-What it shows
--------------
-``KroneckerPriorClassifier(scaling="fixed")`` is a plain scikit-learn classifier: it sits in a
-``Pipeline``, is cloned and pickled to ``n_jobs=2`` worker processes by ``GridSearchCV``, and its
-``prior_scale`` (alpha: the prior precision's multiplier, in the MAP loss and the posterior) and
-``temperature`` (tau: the posterior covariance's multiplier) are searched by cross-validation with
-two scorers (accuracy and ``neg_log_loss``, refit on the log loss).
-
-- scikit-learn's digits (8x8, 1,257 training / 540 test images): ``StandardScaler`` -> MLP(64)
-  with the zero-mean isotropic prior (``delta = 1``); quick and full mode.
-- full mode only: Animal-MNIST with 10 images per class, a ``FunctionTransformer`` reshaping the
-  flattened pixels to images -> the MNIST CNN with the learned MNIST prior, passed by file path so
-  the workers load it instead of unpickling 80 MB per task.
-
-With the defaults (alpha = tau = 1) the Monte-Carlo predictive samples a Laplace posterior that is
-far too wide and is close to chance; the searched scales fix it (measured below). The grids contain
-the defaults, so the search can only improve the cross-validated log loss; the test-set numbers
-are the real check.
+``KroneckerPriorClassifier(scaling="fixed")`` in a scikit-learn ``Pipeline``, searched over
+``prior_scale`` and ``temperature`` by ``GridSearchCV`` (``n_jobs=2``, accuracy and log loss) on
+scikit-learn's digits (MLP, zero-mean prior) and, in the full run, on Animal-MNIST with 10 images
+per class (MNIST CNN, the learned MNIST prior passed by file path).
 
 Run::
 
-    python examples/grid_search.py --device cuda                      # full, below
-    python examples/grid_search.py --quick --device cpu --threads 1   # a 3 x 3 grid on digits, ~15 s on a CPU
+    python examples/grid_search.py --quick --device cpu --threads 1   # a 3 x 3 grid on digits
+    python examples/grid_search.py --device cuda                      # full
 
-Measured (quick, CPU, ``examples/results/grid_search_quick.md``): the search picks alpha = 1,
-tau = 0.01 (CV log loss 0.118 against 2.19 for the defaults); on the 540 test digits accuracy
-0.982 and log loss 0.087, against 0.276 and 2.171 for the defaults alpha = tau = 1.
-
-Measured (full, GPU: NVIDIA H200, ``scripts/full_runs/go.sh``; ``examples/results/grid_search_summary.md``):
-digits, MLP, 4 x 4 grid, 30 epochs: the search picks alpha = 1, tau = 0.001; test accuracy 0.963
-and log loss 0.155 against 0.400 and 1.888 for the defaults (131 s). Animal-MNIST, 10 images per
-class, MnistCNN with the learned MNIST prior (``prior=`` a saved prior file, so the workers load
-it by path), 3 x 3 grid: alpha = 1, tau = 0.01; test accuracy 0.444 and log loss 1.805 against
-0.104 and 5.43 for the defaults (25 s). With alpha = tau = 1 the Laplace predictive of a network
-trained on few data is far too broad; the search fixes that on both tasks.
+Settings: ``QUICK`` / ``FULL`` below (``--set KEY=VALUE``). Results:
+``examples/results/grid_search*``; measurements and discussion: ``docs/examples/grid_search.md``.
 """
 
 from __future__ import annotations
@@ -49,22 +26,26 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _shared import mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
+from _shared import config, example_parser, mnist_prior, parse_args, prior_path, save_figure, save_results  # noqa: E402
 from skkprior import MLP, KroneckerPriorClassifier  # noqa: E402
 from skkprior.datasets import MnistCNN, load_animal_mnist, subsample_per_class  # noqa: E402
 from skkprior.metrics import evaluate  # noqa: E402
 
 log = logging.getLogger("grid_search")
 
-CONFIG = {
-    "full": dict(digits=dict(prior_scale=[0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01, 0.001], cv=3,
-                             max_epochs=30, n_samples=50),
-                 animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3,
-                             max_epochs=30, n_samples=30)),
-    "quick": dict(digits=dict(prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3, max_epochs=15,
-                              n_samples=20),
-                  animal=None),
-}
+NAME = "grid_search"
+# digits / animal: the search on each task (animal None: not run)
+FULL = dict(digits=dict(prior_scale=[0.1, 1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01, 0.001], cv=3,
+                        max_epochs=30, n_samples=50),
+            animal=dict(n_per_class=10, prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3,
+                        max_epochs=30, n_samples=30))
+QUICK = dict(digits=dict(prior_scale=[1.0, 10.0, 100.0], temperature=[1.0, 0.1, 0.01], cv=3, max_epochs=15,
+                         n_samples=20),
+             animal=None)
+
+
+def build_parser():
+    return example_parser(NAME, __doc__, FULL)
 
 
 def to_images(X):
@@ -102,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    cfg = {**CONFIG["quick" if args.quick else "full"], **getattr(args, "overrides", {})}
+    cfg = config(args, QUICK, FULL)
     out = {}
     c = cfg["digits"]
     X, y = load_digits(return_X_y=True)
@@ -134,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
                 "test_acc_best": v["test_best"]["accuracy"], "test_nll_best": v["test_best"]["nll"],
                 "test_acc_default": v["test_default"]["accuracy"], "test_nll_default": v["test_default"]["nll"],
                 "search_s": v["seconds"]} for v in out.values()]
-    table = save_results("grid_search", rows, args, extra={"summary": summary})
+    table = save_results(NAME, rows, args, extra={"summary": summary})
     print()
     save_results("grid_search_summary", summary, args)
     _plot(out, args)
@@ -143,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _check(out: dict) -> None:
-    """The claims, with thresholds from the measured runs (see the module docstring)."""
+    """The claims, with thresholds from the measured runs (see docs/examples/grid_search.md)."""
     for name, v in out.items():
         assert len(v["rows"]) > 1 and all(np.isfinite(r["cv_nll"]) for r in v["rows"])
         assert v["pipeline"][-1] == "clf"
@@ -180,8 +161,8 @@ def _plot(out: dict, args: argparse.Namespace) -> None:
             for j in range(len(taus)):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
         fig.colorbar(im, ax=ax)
-    save_figure(fig, "grid_search", args)
+    save_figure(fig, NAME, args)
 
 
 if __name__ == "__main__":
-    run(parse_args(__doc__.splitlines()[0]))
+    run(parse_args(build_parser()))

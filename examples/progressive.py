@@ -1,46 +1,17 @@
 """Bayesian Progressive Neural Networks against the posterior chain and independent networks.
 
-Two task-incremental streams (every task has its own classes; a method is told the task at test
-time), with few training examples per class:
+Two task-incremental streams (split Fashion-MNIST; MNIST -> Fashion-MNIST -> Animal-MNIST) with
+few training examples per class: ``ProgressivePriorClassifier`` with the learned and with the
+isotropic prior, the posterior chain (``partial_fit``), and one network per task. Accuracy, ECE
+and forgetting per task; the progressive network's predictions are checked to be unchanged.
 
-- split Fashion-MNIST: 5 tasks of 2 classes ([0, 1], [2, 3], ..., [8, 9]);
-- MNIST -> Fashion-MNIST -> Animal-MNIST: 3 tasks of 10 classes.
+Run::
 
-Methods, all with the same network, epochs, scale choice (``scaling="validation"``) and
-Monte-Carlo predictive:
+    python examples/progressive.py --quick                    # a small CNN pretrained here, CPU
+    python examples/progressive.py --device cuda              # the pretrained MNIST CNN, 10 and 100 per class
 
-- ``progressive, learned prior``: :class:`~skkprior.progressive.ProgressivePriorClassifier`, every
-  column under the prior learned from the pretrained MNIST network (METHOD.md section 5);
-- ``progressive, isotropic prior``: the same with the isotropic prior centred at the pretrained
-  weights, ``N(theta_s, delta^-1 I)``;
-- ``posterior chain``: one :class:`~skkprior.KroneckerPriorClassifier` with a 10-way head learning
-  task after task with ``partial_fit`` (the posterior of one task is the prior of the next),
-  evaluated task-incrementally (its probabilities restricted to the task's classes);
-- ``independent networks``: one :class:`~skkprior.KroneckerPriorClassifier` per task, each under
-  the learned prior.
-
-For each stream, number of examples per class and method: accuracy and ECE (15 bins) of every
-task after the last one, their averages, the average over the later tasks (2nd onwards), and
-forgetting (Chaudhry et al.) from the accuracy matrix. The progressive network cannot forget:
-the script checks that its final predictions of every task are bitwise those right after the
-task was learned.
-
-Run ``python examples/progressive.py --quick`` on a CPU (a small CNN pretrained here on MNIST
-for a minute, 10 examples per class, 300 test images per task) or ``python examples/progressive.py``
-on a GPU (the pretrained MNIST CNN of ``pretrained_mnist_cnn`` and its learned prior, 10 and 100
-examples per class, up to 2,000 test images per task). Results go to
-``examples/results/progressive[_quick].{json,md}``.
-
-Measured at full size (GPU: NVIDIA H200, one seed, 263 s; ``scripts/full_runs/go.sh``;
-``examples/results/progressive.md``), average accuracy over the tasks after the last one,
-progressive with the learned prior / with the isotropic prior (learned mean) / independent
-networks: split Fashion-MNIST 10 per class 0.917 / 0.917 / 0.887, 100 per class 0.968 / 0.970 /
-0.975; MNIST -> Fashion -> Animal 10 per class 0.655 / 0.673 / 0.634, 100 per class 0.841 /
-0.844 / 0.845. Progressive columns forget nothing (checked bitwise) and beat independent
-networks at 10 per class, but the learned prior is not better than the isotropic one with the
-same mean (a tie on split Fashion-MNIST at 10 per class, 0.917 against 0.917, lower in the
-other three settings), and at 100 per class independent networks are as good. The posterior
-chain (no new columns) forgets 0.08 - 0.27 (0.07 - 0.46 with PAC-Bayes scales).
+Settings: ``QUICK`` / ``FULL`` below (``--set KEY=VALUE``). Results:
+``examples/results/progressive*``; measurements and discussion: ``docs/examples/progressive.md``.
 """
 
 from __future__ import annotations
@@ -53,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _shared import mean_std, mnist_prior, parse_args, save_results
+from _shared import config, example_parser, mean_std, mnist_prior, parse_args, save_results
 from skkprior import KroneckerPriorClassifier, learn_prior
 from skkprior.datasets import (
     MnistCNN,
@@ -78,6 +49,15 @@ METHODS = ("progressive, learned prior", "progressive, isotropic prior", "poster
 # (measured on split Fashion-MNIST, 10 per class: 40 steps left the learned-prior columns at
 # 0.84 average accuracy, 150 steps gave 0.97).
 STEPS = 150
+NAME = "progressive"
+# n_per_class: training examples per class (one run each); n_test: test images per task; n_samples:
+# posterior draws of the predictive; streams: "split" (Fashion-MNIST) and/or "sequence" (MNIST -> Fashion -> Animal)
+FULL = dict(n_per_class=(10, 100), n_test=2000, n_samples=50, streams=("split", "sequence"), seeds=1)
+QUICK = dict(n_per_class=(10,), n_test=200, n_samples=10, streams=("split", "sequence"), seeds=1)
+
+
+def build_parser():
+    return example_parser(NAME, __doc__, FULL)
 
 
 class SmallCNN(nn.Module):
@@ -129,11 +109,11 @@ def source(args: Any) -> tuple[type[nn.Module], Any, Any, dict[str, Any]]:
     return MnistCNN, learned, iso, {"network": "MnistCNN, pretrained (ccexam) on MNIST"}
 
 
-def streams(args: Any) -> dict[str, list[Task]]:
+def streams(names: Any) -> dict[str, list[Task]]:
     out = {}
-    if "split" in args.streams:
+    if "split" in names:
         out["split Fashion-MNIST"] = split_tasks(*load_fashion_mnist(), class_groups=5, relabel=True)
-    if "sequence" in args.streams:
+    if "sequence" in names:
         out["MNIST -> Fashion -> Animal"] = dataset_sequence()
     return out
 
@@ -196,21 +176,11 @@ def run_method(method: str, tasks: list[Task], train: list[tuple[np.ndarray, np.
     return {"acc": acc, "final": final, "seconds": time.perf_counter() - start, "kl": kl}
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], extra=[
-        ("--n-per-class", {"type": int, "nargs": "+", "default": None,
-                           "help": "training examples per class (default: 10 quick, 10 100 full)"}),
-        ("--n-test", {"type": int, "default": None, "help": "test images per task (default: 200 quick, 2000 full)"}),
-        ("--n-samples", {"type": int, "default": None, "help": "posterior draws of the predictive (10 / 50)"}),
-        ("--streams", {"nargs": "+", "default": ["split", "sequence"], "choices": ["split", "sequence"],
-                       "help": "split Fashion-MNIST and/or MNIST -> Fashion -> Animal"}),
-    ])
-    quick = args.quick
-    n_per_class = args.n_per_class or ([10] if quick else [10, 100])
-    n_seeds = args.seeds or 1
-    n_test = args.n_test or (200 if quick else 2000)
+def run(args: Any) -> dict[str, Any]:
+    cfg = config(args, QUICK, FULL)
+    n_per_class, n_seeds, n_test = cfg["n_per_class"], cfg["seeds"], cfg["n_test"]
     batch_size = 32
-    common = dict(lr=1e-3, batch_size=batch_size, n_samples=args.n_samples or (10 if quick else 50),
+    common = dict(lr=1e-3, batch_size=batch_size, n_samples=cfg["n_samples"],
                   weight_decay=WEIGHT_DECAY, device=args.device)
     begin = time.perf_counter()
     net_class, learned, iso, info = source(args)
@@ -218,7 +188,7 @@ def main() -> None:
     log.info("source ready in %.1f s", time.perf_counter() - begin)
     rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []
-    for stream_name, tasks in streams(args).items():
+    for stream_name, tasks in streams(cfg["streams"]).items():
         for n in n_per_class:
             per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
             n_train = n * len(tasks[0].classes)
@@ -250,7 +220,7 @@ def main() -> None:
                     "s": float(np.mean([r["seconds"] for r in results])),
                 })
     total = time.perf_counter() - begin
-    save_results("progressive", rows, args, extra={"runs": raw, "seeds": n_seeds, "n_test": n_test, "steps": STEPS,
+    save_results(NAME, rows, args, extra={"config": cfg, "runs": raw, "seeds": n_seeds, "n_test": n_test, "steps": STEPS,
                                                     "common": {k: str(v) for k, v in common.items()},
                                                     "total_seconds": total, **info})
     log.info("total %.1f s", total)
@@ -259,7 +229,8 @@ def main() -> None:
             chance = 0.5 if row["stream"].startswith("split") else 0.1
             assert row["avg acc"] > chance + 0.1, row
             assert row["forgetting"] == 0.0, row
+    return {"rows": rows, "runs": raw}
 
 
 if __name__ == "__main__":
-    main()
+    run(parse_args(build_parser()))

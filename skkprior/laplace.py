@@ -503,17 +503,10 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         A precomputed source curvature (skips the pass).
     compression : {"nearest", "damped"}, default="nearest"
         How ``beta_0 (G (x) A) + c I`` (``c = alpha_0 delta``) becomes one Kronecker product.
-        ``"nearest"`` (the paper's): the Frobenius-nearest Kronecker product (METHOD.md
-        section 3). It keeps the large curvature eigenvalues but can lose the floor ``c``
-        (pretrained MNIST CNN, ``delta = 1e-2``: smallest eigenvalue 7e-7 in the first dense
-        layer), so the prior is far broader than ``N(theta_s, delta^-1 I)`` in most
-        directions. ``"damped"``: the factored Tikhonov damping of Martens & Grosse (2015),
-        :func:`damped_kron`; it is ``>= beta_0 F_s + c I`` in the positive semidefinite
-        order, but its cross terms make it tighter than the exact sum. Measured: the broad
-        ``"nearest"`` prior is better for MAP training on few data (progressive columns,
-        split digits at 5 per class: later-task accuracy 0.90 against 0.74), the floored
-        ``"damped"`` prior for the Monte-Carlo predictive of a Laplace posterior built on it
-        (10-shot Animal-MNIST CNN: accuracy 0.52 against 0.16).
+        ``"nearest"`` (the paper's): the Frobenius-nearest Kronecker product; it keeps the
+        large curvature eigenvalues but can lose the floor ``c``. ``"damped"``: the factored
+        Tikhonov damping of Martens & Grosse (2015), :func:`damped_kron`, which keeps it.
+        Which is better where (measured) is on the Concepts page, section 5.
     nkp_method : {"gram", "power"}, default="gram"
         The algorithm of ``compression="nearest"``.
     batch_size, device, generator, progress

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -111,7 +110,7 @@ def test_every_example_script_has_a_page(site):
     index = _page(site, "examples")
     for name in _example_scripts():
         html = _page(site, f"examples/{name}")
-        assert f"examples/{name}.py" in html
+        assert f"examples/{name}.py" in html and "Reproduce:" in html  # the included results tables
         assert f'href="{name}/"' in index, f"{name} is not in the examples index"
 
 
@@ -145,37 +144,34 @@ def test_pages_exist(site):
     assert "Changelog" in _page(site, "changelog")
 
 
-# -- the hooks, without a build ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def hooks():
-    _require_docs_packages()
-    return _load("_skkprior_docs_site_test", HOOKS / "site.py")
+# -- the sources, without a build ------------------------------------------------------------------
+def test_every_page_is_a_file_in_the_nav():
+    """Pages are plain Markdown files: every example and public module has one, listed in the nav."""
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for name in _example_scripts():
+        assert (ROOT / "docs" / "examples" / f"{name}.md").is_file(), f"examples/{name}.py has no page"
+        assert f"examples/{name}.md" in nav, f"docs/examples/{name}.md is not in the nav"
+    for module in _public_modules():
+        assert (ROOT / "docs" / "api" / f"{module}.md").is_file(), f"skkprior.{module} has no API page"
+        assert f"api/{module}.md" in nav, f"docs/api/{module}.md is not in the nav"
+    assert "architecture.md" in nav
 
 
-def _fake_page(uri: str):
-    return SimpleNamespace(file=SimpleNamespace(src_uri=uri, abs_src_path=None))
+def test_every_results_table_is_on_a_page():
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md"))
+    for folder in ("examples/results", "benchmarks/results"):
+        for table in sorted((ROOT / folder).glob("*.md")):
+            assert f'--8<-- "{folder}/{table.name}"' in pages, f"{folder}/{table.name} is on no page"
+        for plot in sorted((ROOT / folder).glob("*.png")):
+            assert f"assets/{folder}/{plot.name}" in pages, f"{folder}/{plot.name} is on no page"
 
 
-def test_missing_results_give_a_note_not_an_error(hooks, tmp_path):
-    hooks._state.update(root=tmp_path, images=set())
-    page = _fake_page("examples/demo.md")
-    text = hooks._include_results(tmp_path, "examples/results/demo", 1, page)
-    assert "Not yet measured" in text and "python examples/demo.py" in text
-
-    results = tmp_path / "examples" / "results"
-    results.mkdir(parents=True)
-    (results / "demo_quick.md").write_text("| a |\n|---|\n| 0.5 |\n")
-    text = hooks._include_results(tmp_path, "examples/results/demo", 1, page)
-    assert "Scaled-down run" in text and "| 0.5 |" in text
-
-    (results / "demo.md").write_text("# Title\n\n| a |\n|---|\n| 0.25 |\n\n[see](../other.md)\n")
-    text = hooks._include_results(tmp_path, "examples/results/demo", 1, page)
-    assert "| 0.25 |" in text and "| 0.5 |" not in text and "Scaled-down" not in text
-    assert "### Title" in text  # shifted below the page's section
-    assert "](../other.md)" not in text and "see" in text  # a link the site can not follow is text
-
-    assert "Not yet measured" in hooks._include_results_dir(tmp_path, "benchmarks/results", 1, page)
-    assert "Not yet measured" in hooks._include_file(tmp_path, "CHANGELOG.md", 1, page)
+def test_example_docstrings_are_terse():
+    """An example's docstring says what it shows and how to run it; measurements live on its page."""
+    for name in _example_scripts():
+        doc = ast.get_docstring(ast.parse((ROOT / "examples" / f"{name}.py").read_text(encoding="utf-8")))
+        assert doc and len(doc.splitlines()) <= 25, f"examples/{name}.py: docstring of {len(doc.splitlines())} lines"
+        assert f"docs/examples/{name}.md" in doc, f"examples/{name}.py does not point at its page"
 
 
 def test_rst_to_markdown():

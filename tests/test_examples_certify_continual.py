@@ -1,6 +1,6 @@
 """Scaled-down runs of examples/certificates.py, continual.py and grid_search.py.
 
-Each test calls the example's ``run(args)`` on a smaller configuration (``args.overrides``) and
+Each test calls the example's ``run(args)`` on a smaller configuration (settings over ``--quick``) and
 checks the claims with thresholds set from measured runs (quoted in each test). Real data and
 the pretrained network are needed (``bash scripts/fetch_data.sh``; the ``data`` marker skips the
 tests without them); the MNIST priors are cached once per session in the temporary cache folder
@@ -29,9 +29,10 @@ def _example(name: str):
     return importlib.import_module(name)
 
 
-def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
-    return argparse.Namespace(device="cpu", quick=True, seeds=None, out=str(tmp_path), threads=None,
-                              overrides=overrides)
+def _args(name: str, tmp_path: Path, **overrides) -> argparse.Namespace:
+    from _shared import make_args
+
+    return make_args(name, out=tmp_path, **overrides)
 
 
 def test_certificates_fashion(tmp_path):
@@ -41,7 +42,7 @@ def test_certificates_fashion(tmp_path):
     tuned and the plain Laplace posterior still compete); the example itself uses the default grid.
     """
     certificates = _example("certificates")
-    out = certificates.run(_args(tmp_path, datasets=("fashion_mnist",), priors=("learned", "isotropic, zero mean"),
+    out = certificates.run(_args("certificates", tmp_path, datasets=("fashion_mnist",), priors=("learned", "isotropic, zero mean"),
                                  temperatures=(1.0,),
                                  n_per_class=100, max_epochs=2, n_test=300, paper_samples=3, predictive_samples=3))
     by = {r["prior"]: r for r in out["rows"]}
@@ -60,7 +61,7 @@ def test_certificates_fashion(tmp_path):
 def test_continual_chain_forgets_less(tmp_path):
     """Permuted Fashion-MNIST, 2 tasks of 1,000 images, 2 epochs: learned-prior chain vs fine-tuning."""
     continual = _example("continual")
-    out = continual.run(_args(tmp_path, streams=("permuted_fashion",), n_perm_tasks=2, perm_per_class=100,
+    out = continual.run(_args("continual", tmp_path, streams=("permuted_fashion",), n_perm_tasks=2, perm_per_class=100,
                               n_test=300, max_epochs=2, methods=("learned", "finetune")))
     chain = out["results"][("permuted_fashion", "learned")]
     ft = out["results"][("permuted_fashion", "finetune")]
@@ -74,7 +75,7 @@ def test_continual_chain_forgets_less(tmp_path):
 def test_grid_search_in_pipeline(tmp_path):
     """A 2 x 2 grid, 2 folds, n_jobs=2, StandardScaler -> KroneckerPriorClassifier(MLP)."""
     grid_search = _example("grid_search")
-    out = grid_search.run(_args(tmp_path, digits=dict(prior_scale=[1.0, 10.0], temperature=[1.0, 0.1], cv=2,
+    out = grid_search.run(_args("grid_search", tmp_path, digits=dict(prior_scale=[1.0, 10.0], temperature=[1.0, 0.1], cv=2,
                                                       max_epochs=10, n_samples=10)))
     d = out["digits"]
     assert d["pipeline"] == ["scale", "clf"]

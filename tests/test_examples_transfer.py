@@ -1,10 +1,10 @@
 """Scaled-down runs of examples/bayesian_pretrained_cnn.py and examples/few_shot_transfer.py.
 
-Each test imports the example's ``run`` and calls it on the CPU (no subprocess) at the
-example's ``TEST`` size (smaller than ``--quick``: one seed, fewer images, steps and posterior
+Each test imports the example's ``run`` and calls it on the CPU (no subprocess) with the
+example's ``TEST`` settings over its quick configuration (smaller than ``--quick``: one seed, fewer images, steps and posterior
 samples, to fit the test suite's CPU budget); the examples assert their own claims, and these
 tests assert them again with thresholds measured on exactly this configuration (numbers below
-and in each example's docstring). Everything is seeded, so a run is deterministic up to
+and on each example's docs page, docs/examples/). Everything is seeded, so a run is deterministic up to
 floating-point rounding; the margins are several times the spread measured across seeds.
 The MNIST priors of ``few_shot_transfer`` are cached after their first computation (about 30 s
 per prior on one CPU thread) in the session's temporary cache folder (``$SKKPRIOR_CACHE``, see
@@ -33,16 +33,16 @@ def _example(name: str):
     return importlib.import_module(name)
 
 
-def _args(tmp_path: Path, **kwargs) -> argparse.Namespace:
-    base = {"device": "cpu", "quick": True, "seeds": None, "out": str(tmp_path), "threads": None}
-    base.update(kwargs)
-    return argparse.Namespace(**base)
+def _args(example, tmp_path: Path) -> argparse.Namespace:
+    from _shared import make_args
+
+    return make_args(example.NAME, out=tmp_path, **example.TEST)
 
 
 @pytest.mark.slow
 def test_bayesian_pretrained_cnn_quick(tmp_path):
     example = _example("bayesian_pretrained_cnn")
-    result = example.run(_args(tmp_path), **example.TEST)
+    result = example.run(_args(example, tmp_path))
     by = {r["method"]: r for r in result["rows"]}
     mp, post = by["MAP (pretrained CNN)"], by["posterior, MC"]
     # the pretrained network has (almost certainly) seen these digits
@@ -50,7 +50,7 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
     assert post["accuracy"] >= mp["accuracy"] - 0.01
     # OOD: the posterior's max-probability AUROC is at least the MAP network's, up to the measured
     # spread. Measured at this size, seeds 0 / 1 / 2, each on four CPU paths (default AVX-512, AVX2,
-    # ATen default + MKL SSE4.2, 2 threads; table in the example's docstring): the gain over the MAP
+    # ATen default + MKL SSE4.2, 2 threads; table in docs/examples/bayesian_pretrained_cnn.md): the gain over the MAP
     # has mean +0.015, sd 0.014, min -0.006 (seed 0, AVX2 path: Animal 0.9470 -> 0.9413), max +0.046;
     # the posterior's Monte-Carlo draws, hence its chosen scales, differ between paths. Margin:
     # AUROC_SLACK_SMALL = 0.02, the mean minus 2.5 sd (pinned here, so widening it needs a new measurement).
@@ -68,11 +68,11 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
 @pytest.mark.slow
 def test_few_shot_transfer_quick(tmp_path):
     example = _example("few_shot_transfer")
-    result = example.run(_args(tmp_path), **example.TEST)
+    result = example.run(_args(example, tmp_path))
     by = {(r["dataset"], r["per_class"], r["prior"]): r for r in result["rows"]}
     learned, iso, zero = (by[("Animal-MNIST", 10, name)] for name in example.PRIORS)
     # The paper's claim (the learned prior beats both isotropic priors in accuracy and NLL at 10
-    # examples per class) does not hold here (see the example's docstring). Measured at this
+    # examples per class) does not hold here (see docs/examples/few_shot_transfer.md). Measured at this
     # size, seeds 0 / 1 / 2 (the test runs seed 0), accuracy / NLL:
     #   learned                  0.400 / 2.267   0.545 / 1.957   0.500 / 1.997
     #   isotropic, learned mean  0.420 / 2.228   0.530 / 1.916   0.470 / 1.801

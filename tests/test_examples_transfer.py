@@ -73,16 +73,19 @@ def test_few_shot_transfer_quick(tmp_path):
     learned, iso, zero = (by[("Animal-MNIST", 10, name)] for name in example.PRIORS)
     # The paper's claim (the learned prior beats both isotropic priors in accuracy and NLL at 10
     # examples per class) does not hold here (see docs/examples/few_shot_transfer.md). Measured at this
-    # size, seeds 0 / 1 / 2 (the test runs seed 0), accuracy / NLL:
-    #   learned                  0.400 / 2.267   0.545 / 1.957   0.500 / 1.997
-    #   isotropic, learned mean  0.420 / 2.228   0.530 / 1.916   0.470 / 1.801
-    #   isotropic, zero mean     0.545 / 2.528   0.585 / 2.121   0.560 / 2.193
-    # Stable in every seed (and in both quick seeds): the learned prior has a lower NLL than the
-    # zero-mean prior (by 0.16 - 0.26 here), and training from scratch is more accurate (by
-    # 0.04 - 0.15 here). Learned vs isotropic with the MNIST mean: no stable order.
+    # size, accuracy / NLL, with the current code (named seed streams, rounding-aware PSD projection;
+    # seeds 0 / 1, the test runs seed 0) and, in brackets, before them (seeds 0 / 1 / 2):
+    #   learned                  0.485 / 2.454   0.480 / 2.179   [0.400 / 2.267  0.545 / 1.957  0.500 / 1.997]
+    #   isotropic, learned mean  0.475 / 2.444   0.440 / 2.014   [0.420 / 2.228  0.530 / 1.916  0.470 / 1.801]
+    #   isotropic, zero mean     0.530 / 2.357   0.535 / 2.157   [0.545 / 2.528  0.585 / 2.121  0.560 / 2.193]
+    # Stable in all five runs: training from scratch is more accurate (by 0.045 - 0.15). Not stable:
+    # the NLL order of the learned and the zero-mean prior (learned lower by 0.16 - 0.26 before,
+    # higher by 0.02 - 0.10 now), learned vs isotropic with the MNIST mean. Those get bands.
     assert min(r["accuracy_mean"] for r in (learned, iso, zero)) > 0.3
-    assert learned["nll_mean"] < zero["nll_mean"] - 0.05
-    assert zero["accuracy_mean"] > learned["accuracy_mean"]
+    # margin 0.02 below an order whose smallest measured gap is +0.045: the Monte-Carlo draws
+    # (4 samples, 200 test images) differ between CPU code paths
+    assert zero["accuracy_mean"] > learned["accuracy_mean"] - 0.02
+    assert abs(learned["nll_mean"] - zero["nll_mean"]) <= 0.45
     assert abs(learned["accuracy_mean"] - iso["accuracy_mean"]) <= 0.12
     assert abs(learned["nll_mean"] - iso["nll_mean"]) <= 0.45
     assert (tmp_path / "few_shot_transfer_quick.json").exists()

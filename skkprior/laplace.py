@@ -468,6 +468,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
                 prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
                 head: str | None = None, curvature: Any = None,
                 compression: Literal["nearest", "damped"] = "nearest", nkp_method: Literal["gram", "power"] = "gram",
+                scaling: Literal["fixed", "pac-bayes", "marglik"] = "fixed", per_layer: bool = True,
+                objective: Literal["catoni", "mcallester"] = "catoni", delta: float = 0.025,
                 batch_size: int = 256, device: Any = None, generator: torch.Generator | None = None,
                 progress: bool | None = None) -> KroneckerPrior:
     r"""Learn a prior from a (pretrained) network and its source data.
@@ -509,6 +511,22 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         Which is better where (measured) is on the Concepts page, section 5.
     nkp_method : {"gram", "power"}, default="gram"
         The algorithm of ``compression="nearest"``.
+    scaling : {"fixed", "pac-bayes", "marglik"}, default="fixed"
+        How ``(alpha_0, beta_0, tau_0)`` are chosen. ``"fixed"``: as given. ``"pac-bayes"`` (the
+        paper's prior calibration): the values minimizing the paper's approximate PAC-Bayes
+        bound (``objective``, confidence ``1 - delta``) on the *source* data for the source
+        posterior ``N(theta_s, tau_0 (beta_0 F_s + alpha_0 delta I)^-1)`` against the hyper-prior
+        ``N(0, delta^-1 I)`` (:func:`~skkprior.tuning.tune_pac_bayes`, started from the given
+        values). ``"marglik"``: ``alpha_0`` maximizing the Laplace evidence of the source data
+        under that hyper-prior (:func:`~skkprior.tuning.tune_marglik`; ``beta_0``, ``tau_0`` as
+        given). Needs labels ``y`` (the source NLL). The chosen values are in
+        ``metadata["calibration"]``.
+    per_layer : bool, default=True
+        ``scaling="pac-bayes"`` / ``"marglik"``: one value per layer (the paper) or shared.
+    objective : {"catoni", "mcallester"}, default="catoni"
+        The bound of ``scaling="pac-bayes"``.
+    delta : float, default=0.025
+        Failure probability of that bound.
     batch_size, device, generator, progress
         Passed to the curvature pass.
 
@@ -524,6 +542,11 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         raise ValueError(error_message("kind", "'kronecker' or 'isotropic'", kind))
     if compression not in ("damped", "nearest"):
         raise ValueError(error_message("compression", "'damped' or 'nearest'", compression))
+    if scaling not in ("fixed", "pac-bayes", "marglik"):
+        raise ValueError(error_message("scaling", "'fixed', 'pac-bayes' or 'marglik'", scaling))
+    if scaling != "fixed" and kind == "isotropic":
+        raise ValueError(error_message("scaling", "'fixed' for kind='isotropic'", repr(scaling),
+                                       "The calibration weighs the source curvature; use kind='kronecker'."))
     layers = kronecker_layers(model)
     if not layers:
         raise ValueError(error_message("model", "a network with at least one nn.Linear or nn.Conv2d layer",
@@ -543,6 +566,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
                          generator=generator, progress=progress)
     factors = curvature.factors
     params = dict(model.named_parameters())
+    scales, calibration_C = _calibrated_scales(model, curvature, scaling, wd, alpha0, beta0, tau0,
+                                               per_layer=per_layer, objective=objective, delta=delta)
     groups: list[GaussianGroup] = []
     errors: dict[str, float] = {}
     for name, layer in layers.items():
@@ -550,28 +575,67 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         if name == head:
             groups.append(zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
             continue
+        a0, b0, t0 = scales[name]
         F, _ = psd_projected(factors[name], getattr(curvature, "rounding", {}).get(name))
         eye = Kron.identity(layer.n, layer.m, device=F.device)
-        total = KronSum([F, eye], [beta0, alpha0 * wd])
+        total = KronSum([F, eye], [b0, a0 * wd])
         if compression == "nearest":
             prec = positive_definite_nearest(total, nkp_method, name)
             errors[name] = float(total.nearest_error())
         else:
-            prec = damped_kron(F, beta0, alpha0 * wd)
+            prec = damped_kron(F, b0, a0 * wd)
             errors[name] = float((total + prec * -1.0).frobenius_norm() / total.frobenius_norm())
         mean = layer_matrix(params[layer.weight_name].detach(),
                             params[layer.bias_name].detach() if layer.bias_name else None).to(torch.float64)
-        groups.append(GaussianGroup(name, layer.parameter_names, shapes, layer, mean.to(F.device), prec, tau0))
+        groups.append(GaussianGroup(name, layer.parameter_names, shapes, layer, mean.to(F.device), prec, t0))
     for pname in uncovered_parameters(model, layers):
         p = params[pname].detach()
+        a0, _, t0 = scales[pname]
         groups.append(GaussianGroup(pname, (pname,), (tuple(p.shape),), None, p.reshape(-1).to(torch.float64),
-                                    IsotropicPrecision(alpha0 * wd, p.numel()), tau0))
+                                    IsotropicPrecision(a0 * wd, p.numel()), t0))
     if errors:
         logger.info("learn_prior: worst relative NKP error %.3g", max(errors.values()))
     meta = {**base_meta, "kind": "kronecker", "n_source": int(curvature.n_samples),
             "source_nll": None if curvature.nll_sum is None else float(curvature.nll_sum),
-            "fisher": fisher, "compression": compression, "nkp_error": errors}
+            "fisher": fisher, "compression": compression, "nkp_error": errors,
+            "calibration": {"scaling": scaling, "per_layer": bool(per_layer), "catoni_C": calibration_C,
+                            "prior_scale": {k: v[0] for k, v in scales.items()},
+                            "likelihood_scale": {k: v[1] for k, v in scales.items()},
+                            "temperature": {k: v[2] for k, v in scales.items()}}}
     return KroneckerPrior(model_order(groups, model), meta)
+
+
+def _calibrated_scales(model: nn.Module, curvature: Any, scaling: str, weight_decay: float, alpha0: float,
+                       beta0: float, tau0: float, *, per_layer: bool, objective: str,
+                       delta: float) -> tuple[dict[str, tuple[float, float, float]], float | None]:
+    """``(alpha_0, beta_0, tau_0)`` per group name, as given or calibrated on the source data, and
+    Catoni's constant of the calibrated bound (``None`` unless ``scaling="pac-bayes"`` with Catoni).
+
+    The calibration treats the prior as the Laplace posterior of the source task under the
+    hyper-prior ``N(0, delta^-1 I)``: ``Q_s = posterior(N(0, delta^-1 I), F_s, theta_s)`` at the
+    given scales, whose scales are then tuned by the paper's objective or the evidence. The
+    prior of a layer is ``(beta_0 F_s + alpha_0 delta I) / tau_0``: exactly ``Q_s``'s precision.
+    """
+    from .tuning import tune_marglik, tune_pac_bayes  # tuning builds on this module's posterior type
+
+    names = [g.name for g in LayerwiseGaussian.isotropic(model, weight_decay)]
+    if scaling == "fixed":
+        return {k: (alpha0, beta0, tau0) for k in names}, None
+    if curvature.nll_sum is None:
+        raise ValueError(error_message(f"the source data of learn_prior(scaling={scaling!r})",
+                                       "labelled (the calibration needs the source NLL)", "no labels y",
+                                       "Pass y, or use scaling='fixed'."))
+    hyper = isotropic_prior(model, weight_decay=weight_decay, zero_mean=True)
+    source = posterior(hyper, curvature, model, prior_scale=alpha0, likelihood_scale=beta0, temperature=tau0)
+    if scaling == "pac-bayes":
+        tuned = tune_pac_bayes(source, nll_sum=float(curvature.nll_sum), n=int(curvature.n_samples),
+                               objective=objective, delta=delta, per_layer=per_layer)
+    else:
+        tuned = tune_marglik(source, nll_sum=float(curvature.nll_sum), per_layer=per_layer)
+    logger.info("learn_prior: %s calibration, objective %.4g -> %.4g", scaling, tuned.objective_start,
+                tuned.objective_best)
+    return {k: (float(tuned.prior_scale[k]), float(tuned.likelihood_scale[k]), float(tuned.temperature[k]))
+            for k in names}, tuned.C
 
 
 def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[str, torch.Tensor], *,

@@ -110,6 +110,7 @@ def test_batchnorm_with_frozen_statistics_is_the_documented_alternative(iris):
     bn = est.module_[1]
     assert torch.equal(bn.running_mean, torch.zeros(8)) and torch.equal(bn.running_var, torch.ones(8))
     assert {"1.weight", "1.bias"} <= set(est.certificate_.kl_per_group)  # the affine part is paid
+    assert 0 < est.certify(X, y).risk_bound <= 1  # recertifying the fitted network is accepted too
 
 
 class _Drifting(nn.Module):

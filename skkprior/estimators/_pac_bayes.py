@@ -238,7 +238,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
             # choice on the KL side); only the winner is certified, once, with fresh draws
             if best is None or key < best[0]:
                 best = (key, module, prior, chosen, fit.curvature, fit.history, float(scale), X_module)
-        _, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_, X_module = best
+        (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
+         X_module) = best
         self.selection_ = selection
         self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
                                     bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
@@ -368,7 +369,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
                        passes=self.mc_passes if passes is None else passes, union_size=self._union_size(),
                        protocol=protocol, generator=self._seeds.generator("recertify", device=self.device_),
                        batch_size=max(self.batch_size, 256), C=1.0 if self.bound == "catoni" else None,
-                       n_samples=n_samples)
+                       n_samples=n_samples, frozen_statistics=True)  # fit checked: none moved in training
 
 
 def _floating_buffers(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -280,8 +280,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
                 f"the module of {type(self).__name__}", "free of state fitted on the bound data that the KL "
                 "does not pay for", f"floating-point buffers [{shown}] changed during training on the bound "
                 "data (they are not under the prior)",
-                "Keep such state fixed during training (e.g. a constant or a parameter, which the posterior "
-                "covers), or certify on data the buffers were not fitted on."))
+                "Keep such state fixed during training: make it a constant, or a trainable parameter (the "
+                "prior and the posterior cover every trainable parameter, so the KL pays for it)."))
 
     def _select_posterior(self, module: nn.Module, candidates: Sequence[KroneckerPosterior], X: np.ndarray,
                           y: np.ndarray, n: int) -> tuple[KroneckerPosterior, tuple[float, float]]:

@@ -10,6 +10,22 @@ r"""PAC-Bayes risk certificates for a posterior over a network's weights (METHOD
 
 The certificate holds with probability at least ``1 - delta - delta_mc``.
 
+The hypothesis must be a function of the input and of the parameters the posterior draws: a
+state fitted on the bound data that the KL does not pay for makes it data-dependent, and
+:func:`certify` refuses it with an error naming the modules or parameters and the fix:
+
+- BatchNorm (or InstanceNorm) layers with *running statistics*: buffers estimated on the training
+  data, under no prior. Accepted only with ``frozen_statistics=True``, the caller's statement
+  that they were fixed before the bound data were seen (e.g. computed on other data and kept
+  with ``momentum=0``);
+- BatchNorm layers with *batch statistics* (``track_running_stats=False``): a prediction would
+  depend on the other examples of its batch; always refused;
+- trainable parameters (``requires_grad``) outside the posterior: fitted, possibly on the bound
+  data, and not paid by the KL. Build the posterior over them (the Laplace posterior covers every
+  trainable parameter: Linear/Conv2d layers in Kronecker form, the rest, e.g. LayerNorm's
+  affine parameters, in isotropic groups), or freeze them (``requires_grad_(False)``) when they
+  were fixed without the bound data.
+
 ``protocol="paper"`` instead reproduces the evaluation of Schnaus et al. (2023): the
 training error of the Bayesian model average (100 samples) in McAllester's or Catoni's bound
 at confidence 0.9, with no Monte-Carlo correction and no union bound. It is a diagnostic for
@@ -36,7 +52,8 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
             delta_mc: float = 0.01, passes: int = 1, union_size: int = 1,
             protocol: Literal["certificate", "paper"] = "certificate", C: float | None = None,
             catoni_grid: Sequence[float] | None = None, n_samples: int = 100,
-            generator: torch.Generator | None = None, batch_size: int = 512) -> Certificate:
+            generator: torch.Generator | None = None, batch_size: int = 512,
+            frozen_statistics: bool = False) -> Certificate:
     r"""Certify the Gibbs 0-1 risk of ``posterior`` on the bound data ``(X, y)``.
 
     Parameters
@@ -73,11 +90,22 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     generator : torch.Generator, optional
         Seeds the posterior draws.
     batch_size : int, default=512
+    frozen_statistics : bool, default=False
+        True states that the running statistics of the normalization layers (BatchNorm,
+        InstanceNorm with ``track_running_stats``) were fixed before the bound data were seen,
+        so they are constants of the hypothesis. False (default): a network with running
+        statistics is refused, since they are fitted on the training data and under no prior.
 
     Returns
     -------
     Certificate
         The record of :mod:`skkprior.bounds` (bound, every ingredient, the protocol).
+
+    Raises
+    ------
+    ValueError
+        For a data-dependent hypothesis (see the module notes): running statistics without
+        ``frozen_statistics=True``, batch statistics, trainable parameters outside the posterior.
     """
     from .predictive import gibbs_error_count, predict_proba_mc
 
@@ -94,6 +122,7 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     if delta is None:
         delta = 0.1 if protocol == "paper" else 0.025
     delta = check_probability(delta, "delta")
+    refuse_data_dependent(model, posterior, frozen_statistics=frozen_statistics)
     X_t = torch.as_tensor(X)
     y_t = _check_labels(y, X_t)
     n = int(y_t.shape[0])
@@ -159,3 +188,61 @@ def _check_label_range(y: torch.Tensor, n_classes: int) -> None:
     if int(y.max()) >= n_classes:
         raise ValueError(error_message("y", f"class labels 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
                                        f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))
+
+
+def refuse_data_dependent(model: nn.Module, posterior: Any, *, frozen_statistics: bool = False,
+                          who: str = "certify") -> None:
+    """Raise a ``ValueError`` when the hypothesis holds state that the KL does not pay for.
+
+    Refused: normalization layers with batch statistics; with running statistics unless
+    ``frozen_statistics``; trainable parameters outside ``posterior``.
+    """
+    batch, running = normalization_statistics(model)
+    if batch:
+        raise ValueError(batch_statistics_message(batch, f"the network given to {who}"))
+    if running and not frozen_statistics:
+        raise ValueError(error_message(
+            f"the network given to {who}", "free of state fitted on the bound data that the KL does not "
+            "pay for", f"normalization layers with running statistics {_names(running)}: buffers "
+            "estimated on the training data, not under the prior",
+            "Use nn.LayerNorm or nn.GroupNorm (per-example statistics, affine parameters under the "
+            "prior), or fix the statistics before the bound data are seen (compute them on other "
+            "data, then momentum=0) and pass frozen_statistics=True."))
+    covered = {name for g in posterior for name in g.parameter_names}
+    outside = [name for name, p in model.named_parameters() if p.requires_grad and name not in covered]
+    if outside:
+        shown = ", ".join(repr(n) for n in outside[:6]) + (" ..." if len(outside) > 6 else "")
+        raise ValueError(error_message(
+            f"the posterior given to {who}", "over every trainable parameter of the network",
+            f"trainable parameters {shown} not under the posterior (so not paid by the KL, though they "
+            "may have been fitted on the bound data)",
+            "Build the posterior over them (skkprior.laplace.posterior covers every trainable "
+            "parameter: Linear/Conv2d layers in Kronecker form, the others in isotropic groups), or "
+            "freeze them with requires_grad_(False) if they were fixed without the bound data."))
+
+
+def batch_statistics_message(batch: list[str], what: str) -> str:
+    """The error for BatchNorm layers that normalize by the batch in evaluation."""
+    return error_message(
+        what, "a function of each input alone (a hypothesis the posterior draws)",
+        f"BatchNorm layers with batch statistics (track_running_stats=False) {_names(batch)}: in "
+        "evaluation they normalize by the batch, so a prediction depends on the other examples of its batch",
+        "Use a per-example normalization (nn.LayerNorm, nn.GroupNorm: their affine parameters are "
+        "under the prior), or running statistics fixed before the bound data are seen.")
+
+
+def normalization_statistics(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the normalization layers with batch statistics and with running statistics."""
+    batch, running = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        if getattr(module, "running_mean", None) is not None or getattr(module, "running_var", None) is not None:
+            running.append(name)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):  # normalizes by the batch in eval mode
+            batch.append(name)
+    return batch, running
+
+
+def _names(names: list[str]) -> str:
+    return "[" + ", ".join(repr(n) for n in names[:6]) + (" ..." if len(names) > 6 else "") + "]"

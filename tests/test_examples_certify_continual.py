@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def test_certificates_fashion(tmp_path):
     assert 300.0 < learned["kl"] < 2000.0
     assert learned["gibbs_test_err"] <= learned["certificate"]
     assert (tmp_path / "certificates_quick.json").exists() and (tmp_path / "certificates_quick.png").exists()
+    # every reported number sits next to its full record, which rebuilds and recomputes it (issue 13)
+    from skkprior.bounds import Certificate
+
+    stored = json.loads((tmp_path / "certificates_quick.json").read_text())["rows"]
+    assert len(stored) == 2
+    for row in stored:
+        record = row["certificate_record"]
+        for key in ("n", "m", "n_errors", "delta", "delta_mc", "union_size", "kl_per_group", "confidence"):
+            assert record[key] is not None, key
+        cert = Certificate.from_dict(record)
+        assert cert.risk_bound == row["certificate"] and cert.kl == pytest.approx(row["kl"])
+        assert cert.recompute() == pytest.approx(cert.risk_bound, abs=1e-12)
+        assert (cert.delta, cert.delta_mc, cert.union_size, cert.m) == (0.025, 0.01, 1, row["n"])
+        assert sum(record["kl_per_group"].values()) == pytest.approx(cert.kl)
+        assert Certificate.from_dict(row["paper_record"]).risk_bound == row["paper_diag"]
 
 
 def test_continual_chain_forgets_less(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._validation import error_message
 from ..bounds import Certificate, certificate_from_errors
-from ..certify import certify
+from ..certify import batch_statistics_message, certify, normalization_statistics
 from ..laplace import KroneckerPosterior, KroneckerPrior
 from ..predictive import NonFiniteLogits, gibbs_error_count
 from ..tuning import training_objective
@@ -36,7 +36,17 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     (tuned or plain Laplace, times each of ``temperatures``) with the lowest *measured* bound
     (free: PAC-Bayes bounds hold for every Q at once), and certifies the Gibbs classifier's 0-1
     risk on the training data with fresh draws. A grid of ``prior_scales`` changes the prior:
-    the best one is kept and paid for by a union bound (``ln len(prior_scales)``).
+    each scale's best candidate is scored with the same selection draws, the best scale is kept
+    and paid for by a union bound (``ln len(prior_scales)``), and only its posterior is
+    certified, once, with fresh draws, so the certificate holds with probability
+    ``1 - delta - delta_mc`` for the whole procedure (see the concepts page, "What a
+    certificate's confidence pays for").
+
+    The certified hypothesis must depend on the bound data only through the posterior: a module
+    with BatchNorm layers whose running statistics training would estimate (``momentum != 0``),
+    with batch statistics (``track_running_stats=False``), or with a floating-point buffer that
+    training changed, is refused with a ``ValueError``. LayerNorm / GroupNorm work: their
+    affine parameters are in isotropic groups of the prior and the posterior, paid by the KL.
 
     Parameters
     ----------
@@ -55,7 +65,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     mc_passes : int, default=1
         Passes over the data with fresh draws for the Gibbs risk (``m = mc_passes * n``).
     prior_scales : sequence of float or None, default=None
-        Candidate multipliers of the prior precision (a union bound over them is paid).
+        Candidate multipliers of the prior precision, fixed before the data are seen; the
+        winner is chosen with selection draws and a union bound over them is paid.
     temperatures : sequence of float or None, default=None
         Temperature multipliers of the candidate posteriors (free). None:
         ``(1, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)``. Each costs one pass with posterior draws.
@@ -87,6 +98,10 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         ``certificate_.risk_bound``.
     prior_scale_ : float
         The chosen prior-scale multiplier.
+    selection_ : list of dict
+        Per prior scale: ``prior_scale``, and the ``selection_bound`` and
+        ``selection_gibbs_risk`` of its best candidate posterior, measured with the selection
+        draws (scores of the choice, not certificates).
     module_ : nn.Module
         The trained network.
     prior_ : KroneckerPrior
@@ -201,39 +216,83 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         X, y = self._start(X, y)
         y_enc = self._set_classes(y, None)
         n = len(y_enc)
-        best = None
+        union_size = self._union_size()
+        best, selection = None, []
         for scale in (self.prior_scales or [1.0]):
             module = self._new_module(X, len(self.classes_))
+            self._refuse_running_statistics(module)
+            buffers = _floating_buffers(module)
             X_module = self._module_input(X, module)
             base_prior = self._resolve_prior(module).to(self.device_)
             prior = base_prior.scaled(float(scale)) if float(scale) != 1.0 else base_prior
             self._init_at_prior_mean(module, prior)
             n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
             fit = self._learn_task(module, prior, X_module, y_enc, 0, loss=self._criterion(prior, n_params))
+            self._refuse_changed_buffers(module, buffers)
             # the tuned posterior and the plain Laplace posterior (alpha = beta = tau = 1) compete
             # by the measured bound: the Taylor objective can pick scales whose KL is vacuous
-            chosen = self._select_posterior(module, (fit.posterior, fit.laplace), X_module, y_enc, n)
-            cert = certify(module, chosen, torch.from_numpy(X_module), torch.from_numpy(y_enc),
-                           bound=self.bound, delta=self.delta, delta_mc=self.delta_mc, passes=self.mc_passes,
-                           union_size=self._union_size(),
-                           generator=self._seeds.generator("certify", device=self.device_),
-                           batch_size=max(self.batch_size, 256), C=1.0 if self.bound == "catoni" else None)
-            if best is None or cert.risk_bound < best[0].risk_bound:
-                best = (cert, module, prior, chosen, fit.curvature, fit.history, float(scale))
-        (self.certificate_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_,
-         self.prior_scale_) = best
+            chosen, key = self._select_posterior(module, (fit.posterior, fit.laplace), X_module, y_enc, n)
+            selection.append({"prior_scale": float(scale), "selection_bound": key[0],
+                              "selection_gibbs_risk": key[1]})
+            # the prior scale is chosen by the same selection draws (the union bound pays for the
+            # choice on the KL side); only the winner is certified, once, with fresh draws
+            if best is None or key < best[0]:
+                best = (key, module, prior, chosen, fit.curvature, fit.history, float(scale), X_module)
+        (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
+         X_module) = best
+        self.selection_ = selection
+        self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
+                                    bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
+                                    passes=self.mc_passes, union_size=union_size,
+                                    generator=self._seeds.generator("certify", device=self.device_),
+                                    batch_size=max(self.batch_size, 256),
+                                    C=1.0 if self.bound == "catoni" else None,
+                                    # checked above: no running statistics moved on the bound data
+                                    frozen_statistics=True)
         self.bound_ = float(self.certificate_.risk_bound)
         self.n_tasks_ = 1
         return self
 
+    def _refuse_running_statistics(self, module: nn.Module) -> None:
+        """Before training: normalization statistics that training on the bound data would fit."""
+        batch, running = normalization_statistics(module)
+        if batch:
+            raise ValueError(batch_statistics_message(batch, f"the module of {type(self).__name__}"))
+        moving = [name for name in running if module.get_submodule(name).momentum != 0]
+        if moving:
+            shown = ", ".join(repr(m) for m in moving[:6]) + (" ..." if len(moving) > 6 else "")
+            raise ValueError(error_message(
+                f"the module of {type(self).__name__}", "free of state fitted on the bound data that the KL "
+                "does not pay for", f"normalization layers with running statistics [{shown}] that training "
+                "on the bound data would estimate (momentum != 0): buffers not under the prior, so the "
+                "certified hypothesis would depend on the bound data",
+                "Use nn.LayerNorm or nn.GroupNorm (per-example statistics; their affine parameters are "
+                "under the prior and paid by the KL), or fix the running statistics before fit (compute them "
+                "on data other than the bound data, or keep the initial ones) and set momentum=0."))
+
+    def _refuse_changed_buffers(self, module: nn.Module, before: dict[str, torch.Tensor]) -> None:
+        """After training: any floating-point buffer that moved was fitted on the bound data."""
+        after = _floating_buffers(module)
+        changed = [k for k, v in before.items() if k not in after or not torch.equal(after[k], v)]
+        if changed:
+            shown = ", ".join(repr(k) for k in changed[:6]) + (" ..." if len(changed) > 6 else "")
+            raise ValueError(error_message(
+                f"the module of {type(self).__name__}", "free of state fitted on the bound data that the KL "
+                "does not pay for", f"floating-point buffers [{shown}] changed during training on the bound "
+                "data (they are not under the prior)",
+                "Keep such state fixed during training: make it a constant, or a trainable parameter (the "
+                "prior and the posterior cover every trainable parameter, so the KL pays for it)."))
+
     def _select_posterior(self, module: nn.Module, candidates: Sequence[KroneckerPosterior], X: np.ndarray,
-                          y: np.ndarray, n: int) -> KroneckerPosterior:
-        """The candidate times temperature multiplier with the best *measured* bound (a choice of Q only).
+                          y: np.ndarray, n: int) -> tuple[KroneckerPosterior, tuple[float, float]]:
+        """The candidate times temperature multiplier with the best *measured* bound, and its score.
 
         Each is scored by the bound with its Monte-Carlo Gibbs risk on the bound data (stream
-        ``select``, one child per grid point); the lowest bound wins, and among vacuous bounds
-        (within ``1e-6`` of 1) the lower Gibbs risk. See the concepts page, "Choosing the
-        certified posterior".
+        ``select``, one child per grid point, the same for every prior scale, independent of
+        the certificate's stream ``certify``); the lowest bound wins, and among vacuous bounds
+        (within ``1e-6`` of 1) the lower Gibbs risk. The score ``(bound, Gibbs risk)`` of the
+        winner also ranks the prior scales. See the concepts page, "Choosing the certified
+        posterior" and "What a certificate's confidence pays for".
         """
         X_t, y_t = torch.from_numpy(X), torch.from_numpy(y)
         best = None
@@ -255,7 +314,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
                                            C=1.0 if self.bound == "catoni" else None)
             # the lowest bound wins; vacuous bounds tie, and then the lower Gibbs risk wins
             bound_value = 1.0 if cert.risk_bound >= 1.0 - VACUOUS_TOLERANCE else float(cert.risk_bound)
-            key = (bound_value, cert.empirical_gibbs_risk)
+            key = (bound_value, float(cert.empirical_gibbs_risk))
             if best is None or key < best[0]:
                 best = (key, q)
         if best is None:
@@ -266,13 +325,15 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         if skipped:
             logger.warning("%s: %d of %d candidate posteriors overflow and are skipped; first: %s",
                            type(self).__name__, len(skipped), len(grid), skipped[0])
-        return best[1]
+        return best[1], best[0]
 
     def certify(self, X: Any, y: Any, *, protocol: Literal["certificate", "paper"] = "certificate",
                 passes: int | None = None, n_samples: int = 100, delta: float | None = None) -> Certificate:
         """A certificate of the fitted posterior on ``(X, y)`` (e.g. fresh bound data).
 
         The union over ``prior_scales`` is still paid (the prior was chosen on the training data).
+        Each call draws from the same stream ``recertify``; certifying again and keeping the
+        smaller of several certificates is a choice the stated confidence does not cover.
 
         Parameters
         ----------
@@ -308,4 +369,9 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
                        passes=self.mc_passes if passes is None else passes, union_size=self._union_size(),
                        protocol=protocol, generator=self._seeds.generator("recertify", device=self.device_),
                        batch_size=max(self.batch_size, 256), C=1.0 if self.bound == "catoni" else None,
-                       n_samples=n_samples)
+                       n_samples=n_samples, frozen_statistics=True)  # fit checked: none moved in training
+
+
+def _floating_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the floating-point buffers (counters such as ``num_batches_tracked`` are left out)."""
+    return {k: v.detach().clone() for k, v in module.named_buffers() if v.is_floating_point()}

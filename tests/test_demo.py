@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from skkprior._demo import format_table, main, run_demo
+from skkprior._cli import main
+from skkprior._demo import format_table, run_demo
 
 
 @pytest.mark.slow

@@ -111,8 +111,8 @@ def run_demo(*, quick: bool = False, seed: int = 0, device: str = "cpu") -> list
         X_tr, y_tr, X_te, y_te = X_tgt[train_idx], y_tgt[train_idx], X_tgt[test_mask], y_tgt[test_mask]
         for name, prior in (("learned Kronecker prior", learned), ("isotropic, learned mean", learned_mean),
                             ("isotropic, zero mean", None)):
-            # scales chosen on a held-out fifth (two images per class), so no fallback warning
-            clf = KroneckerPriorClassifier(prior=prior, scaling="validation", validation_fraction=0.2,
+            # scales chosen on two held-out images per class, so no fallback warning
+            clf = KroneckerPriorClassifier(prior=prior, scaling="validation", validation_fraction=2 / per_class,
                                            **common).fit(X_tr, y_tr)
             rows.append({"task": f"few-shot, {per_class}/class", "method": name,
                          **evaluate(clf.predict_proba(X_te), y_te), "certificate": ""})

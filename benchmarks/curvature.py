@@ -1,6 +1,6 @@
 """Benchmark: a K-FAC / K-FOC curvature pass over a data set, relative to one training epoch.
 
-For an MLP and the MNIST CNN of DATA.md (Conv(1,32,3,pad 1)-ReLU-MaxPool2-Conv(32,64,3,pad 1)-
+For an MLP and the pretrained MNIST CNN of docs/data.md (Conv(1,32,3,pad 1)-ReLU-MaxPool2-Conv(32,64,3,pad 1)-
 ReLU-MaxPool2-Flatten-Linear(3136,128)-ReLU-Linear(128,10)) on 10,000 images, time
 
 - one training epoch: forward, backward and an SGD step per mini-batch (same model, data,
@@ -47,7 +47,7 @@ logger = logging.getLogger("benchmarks.curvature")
 
 
 class MnistCNN(nn.Module):
-    """The DATA.md CNN, with the state-dict keys ``features.*`` / ``classifier.*``."""
+    """The pretrained MNIST CNN (docs/data.md), with the state-dict keys ``features.*`` / ``classifier.*``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = [
         bench_model("MLP 784-512-256-10", mlp(), X, y, batch_size=args.batch_size, device=device,
                     repeats=repeats, with_laplace=with_laplace),
-        bench_model("MNIST CNN (DATA.md)", cnn, X, y, batch_size=args.batch_size, device=device,
+        bench_model("MNIST CNN (docs/data.md)", cnn, X, y, batch_size=args.batch_size, device=device,
                     repeats=repeats, with_laplace=with_laplace),
     ]
     if args.profile:

@@ -1,6 +1,6 @@
 r"""Benchmark PAC-Bayes tuning: our exact two-term route against the paper's NKP-per-step route.
 
-Both routes minimize the paper's objective (METHOD.md section 6) over ``log alpha``,
+Both routes minimize the paper's objective (docs/concepts.md, section 6) over ``log alpha``,
 ``log beta``, ``log tau`` (shared over layers; and ``log C`` under Catoni) with Adam, lr 0.5,
 500 steps, from the same start, on the same curvature and prior:
 
@@ -15,7 +15,7 @@ Both routes minimize the paper's objective (METHOD.md section 6) over ``log alph
   of :meth:`~skkprior.kron.KronSum.nearest`, written in plain torch so autograd reaches the
   log-scales; the QR of the stacked factors does not depend on the weights and is computed
   once, which only favors this route), both factors are Cholesky-factorized, and the objective
-  is evaluated with the Kronecker closed forms of METHOD.md section 4 for the NKP'd posterior
+  is evaluated with the Kronecker closed forms of docs/concepts.md, section 4 for the NKP'd posterior
   ``N(theta, tau (G (x) A)^-1)``: ``KL`` against the prior ``P = G_P (x) A_P`` exactly, and
   ``tr(F Sigma) = tau tr(G_F G^-1) tr(A_F A^-1)``; then backward and an Adam step. The sign
   fix of the NKP factors is done without a host sync, and the Cholesky status is checked once

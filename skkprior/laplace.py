@@ -1,4 +1,4 @@
-r"""Learned priors, Laplace posteriors and the continual chain (METHOD.md section 5).
+r"""Learned priors, Laplace posteriors and the continual chain (docs/concepts.md, section 5).
 
 - :func:`learn_prior`: the Laplace posterior of a (pretrained) network on its source data,
   stored as one Kronecker product per layer: the *Bayesian counterpart of a pretrained model*.

@@ -10,11 +10,11 @@ mode is restored afterwards. Parameters the Gaussian does not cover (frozen ones
 - :func:`predict_proba_map`: ``softmax(f(x; theta_MAP))``.
 - :func:`predict_proba_mc`: the model average ``1/S sum_s softmax(f(x; theta_s))``,
   ``theta_s ~ Q``; the ``S`` parameter sets are drawn in batched calls and evaluated with
-  ``torch.vmap`` over the sample dimension (METHOD.md section 7; the paper uses ``S = 100``).
+  ``torch.vmap`` over the sample dimension (docs/concepts.md, section 7; the paper uses ``S = 100``).
 - :func:`predict_proba_linearized` and :func:`linearized_logit_moments`: the sampling-free
   linearized (GLM) predictive with the multiclass probit approximation.
 - :func:`gibbs_predict` and :func:`gibbs_error_count`: the Gibbs classifier that PAC-Bayes
-  bounds certify, with one fresh posterior draw *per example* (METHOD.md section 6).
+  bounds certify, with one fresh posterior draw *per example* (docs/concepts.md, section 6).
 
 Which mean is used
 ------------------
@@ -917,7 +917,7 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
     Example ``i`` is classified by ``argmax f(x_i; theta_i)`` with ``theta_i ~ Q`` drawn
     independently for every example (also when two examples are the same input), so the
     per-example 0-1 losses are independent draws, as a PAC-Bayes certificate requires
-    (METHOD.md section 6).
+    (docs/concepts.md, section 6).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 r"""Bayesian Progressive Neural Networks: one column per task, learned priors, no forgetting.
 
-The paper's continual-learning architecture (METHOD.md section 5). Task ``k`` (1-based) adds a
+The paper's continual-learning architecture (docs/concepts.md, section 5). Task ``k`` (1-based) adds a
 *column*, a fresh copy of the network with its own head, and trains it while the columns of
 earlier tasks stay frozen. At chosen *lateral* layers the new column also reads the earlier
 columns: with ``h^(j)`` the input of layer ``l`` in column ``j``,

@@ -11,7 +11,7 @@ tests (ours, and those of code built on skkprior) need to compare the two well:
 - :func:`high_precision_logdet`, :func:`high_precision_inverse`, :func:`high_precision_solve`:
   references computed with ``mpmath`` (optional dependency) from the exact float64 entries;
 - :func:`random_spd`, :func:`random_psd`, :func:`vec_row`: inputs with a chosen condition number
-  or rank, and the row-major vectorization of METHOD.md;
+  or rank, and the row-major vectorization of docs/concepts.md, section 1;
 - :class:`KroneckerOperatorTests`: a pytest mixin. A Kronecker type supplies only a
   constructor ``make(case) -> (operator, dense)`` and inherits the checks of ``to_dense``,
   ``matmul`` (single and batched), ``quadratic``, ``trace``, and, where the type offers them,
@@ -351,7 +351,7 @@ def random_psd(n: int, rank: int, *, scale: float = 1.0, generator: torch.Genera
 
 
 def vec_row(X: torch.Tensor) -> torch.Tensor:
-    """Row-major vectorization of the last two axes: ``(..., n, m) -> (..., n m)`` (METHOD.md).
+    """Row-major vectorization of the last two axes: ``(..., n, m) -> (..., n m)`` (docs/concepts.md, section 1).
 
     Examples
     --------

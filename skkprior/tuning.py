@@ -1,6 +1,6 @@
 r"""Choosing the posterior's scales ``(alpha, beta, tau)``.
 
-Four ways (METHOD.md section 6 and the Laplace evidence):
+Four ways (docs/concepts.md, section 6 and the Laplace evidence):
 
 - :func:`tune_pac_bayes`: the paper's tractable PAC-Bayes objective. The expected empirical
   risk is approximated by a second-order Taylor expansion of the expected NLL,

@@ -116,7 +116,7 @@ def _pd_sum(n: int, m: int, seed: int, *, cond: float = 10.0, beta: float = 1.7,
     return F, P, S, beta * F.to_dense() + alpha * P.to_dense()
 
 
-# -- conventions (METHOD.md section 1) ---------------------------------------------------------------
+# -- conventions (docs/concepts.md, section 1) -------------------------------------------------
 def test_vec_row_outer_product_is_kron_of_outer_products():
     g = torch.randn(3, dtype=D64)
     a = torch.randn(5, dtype=D64)

@@ -57,7 +57,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     bound : {"kl", "mcallester", "catoni"}, default="kl"
         The certified bound.
     objective : {"catoni", "mcallester", "map"}, default="catoni"
-        The training criterion (METHOD.md section 6); ``"map"`` tunes the scales with Catoni's.
+        The training criterion (docs/concepts.md, section 6); ``"map"`` tunes the scales with Catoni's.
     delta : float, default=0.025
         Failure probability of the bound.
     delta_mc : float, default=0.01

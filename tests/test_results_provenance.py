@@ -99,13 +99,13 @@ def test_results_file_names_a_command_that_exists(path):
 
 
 def test_a_wrong_command_is_caught(tmp_path):
-    bad = tmp_path / "demo_quick.md"
+    bad = tmp_path / "continual_quick.md"  # a real table that certificates.py does not write
     with pytest.raises(AssertionError, match="does not exist"):
         check_command("python examples/nothing.py --quick", bad)
     with pytest.raises(AssertionError, match="rejects"):
         check_command("python examples/certificates.py --quick --set no_such_setting=1", bad)
     with pytest.raises(AssertionError, match="rejects"):
         check_command("python scripts/full_runs/drive.py no_such_job RES/x", bad)
-    with pytest.raises(AssertionError):  # writes certificates_quick.md, not demo_quick.md
+    with pytest.raises(AssertionError):  # writes certificates_quick.md, not continual_quick.md
         check_command("python examples/certificates.py --quick", bad)
     check_command("python examples/certificates.py --quick --set 'priors=(\"learned\",)'", tmp_path / "certificates_quick.md")

@@ -604,6 +604,3 @@ def model_order(groups: list[GaussianGroup], model: nn.Module) -> list[GaussianG
     """Sort groups by the position of their first parameter in ``model.named_parameters()``."""
     position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     return sorted(groups, key=lambda g: position.get(g.parameter_names[0], len(position)))
-
-
-_model_order = model_order  # the former name

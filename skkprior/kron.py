@@ -37,7 +37,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from ._validation import check_square, error_message
-from .precision import InverseFactors, Precision, TwoTermPrecision, _project_kron
+from .precision import InverseFactors, Precision, TwoTermPrecision, project_kron
 
 __all__ = ["Kron", "KronDecomposed", "KronSum", "positive_definite_nearest", "psd_projected"]
 
@@ -352,7 +352,7 @@ class Kron(Precision):
 
     def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         """``diag((L (x) R)^T (G (x) A) (L (x) R)) = diag(L^T G L) diag(R^T A R)^T``."""
-        return _project_kron(self.G, self.A, left, right)
+        return project_kron(self.G, self.A, left, right)
 
     def scaled(self, factor: _Number | torch.Tensor) -> "Kron":
         """``factor * (G (x) A)`` (same as ``self * factor``)."""

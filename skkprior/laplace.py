@@ -401,9 +401,6 @@ def zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> Ga
     return GaussianGroup(layer.name, layer.parameter_names, shapes, layer, mean, prec, 1.0)
 
 
-_zero_isotropic_layer_group = zero_isotropic_layer_group  # the former name
-
-
 def isotropic_prior(model: nn.Module, *, weight_decay: float = 1e-4, zero_mean: bool = True) -> KroneckerPrior:
     """The isotropic prior ``N(0, weight_decay^-1 I)`` (or centred at the model's weights).
 

@@ -72,7 +72,7 @@ def _colsq(M: torch.Tensor) -> torch.Tensor:
     return (M * M).sum(dim=0)
 
 
-def _project_kron(G: torch.Tensor, A: torch.Tensor, left: torch.Tensor | None,
+def project_kron(G: torch.Tensor, A: torch.Tensor, left: torch.Tensor | None,
                   right: torch.Tensor | None) -> torch.Tensor:
     """``diag((L (x) R)^T (G (x) A) (L (x) R))`` as an ``(n, m)`` matrix."""
     G, A = G.to(_F64), A.to(_F64)
@@ -357,10 +357,6 @@ class IsotropicPrecision(Precision):
         da = _colsq(right.to(_F64)) if right is not None else torch.ones(m, dtype=_F64, device=v.device)
         return v * torch.outer(dg, da)
 
-    def trace_inverse_product(self, other: Precision) -> torch.Tensor:
-        # tr(K) / v: the projected diagonal with identity bases is the diagonal of K
-        return Precision.trace_inverse_product(self, other)
-
     def scaled(self, factor: Scalar) -> "IsotropicPrecision":
         return IsotropicPrecision(self.value * factor, self.size)
 
@@ -513,15 +509,18 @@ class DiagonalDecomposed(TwoTermPrecision):
         if not bool(torch.isfinite(p).all()) or not bool((p > 0).all()):
             raise ValueError(error_message("the prior's diagonal", "finite and positive",
                                            f"smallest {float(p.min()):.3g}", "Use a positive definite prior."))
+        own = torch.log(p).sum()
+        second = own if logdet_second is None else _as_f64(logdet_second, f.device)
+        self._set(f, p, beta, alpha, second, float(own - second))
+
+    def _set(self, f: torch.Tensor, p: torch.Tensor, beta: Scalar, alpha: Scalar, logdet_second: torch.Tensor,
+             gap: float) -> None:
         for w, what in ((beta, "beta"), (alpha, "alpha")):
             v = float(w.detach()) if isinstance(w, torch.Tensor) else float(w)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(error_message(f"{what} of DiagonalDecomposed", "finite and positive", v))
-        self.f, self.p = f, p
-        self._beta, self._alpha = beta, alpha
-        own = torch.log(p).sum()
-        self.logdet_second = own if logdet_second is None else _as_f64(logdet_second, f.device)
-        self._gap = float(own - self.logdet_second)
+        self.f, self.p, self._beta, self._alpha = f, p, beta, alpha
+        self.logdet_second, self._gap = logdet_second, gap
 
     def __repr__(self) -> str:
         return f"DiagonalDecomposed(shape={tuple(self.f.shape)}, beta={float(self.beta):.4g}, alpha={float(self.alpha):.4g})"
@@ -547,8 +546,11 @@ class DiagonalDecomposed(TwoTermPrecision):
         return self.f.device
 
     def with_weights(self, beta: Scalar | None = None, alpha: Scalar | None = None) -> "DiagonalDecomposed":
-        return DiagonalDecomposed(self.f, self.p, beta=self.beta if beta is None else beta,
-                                  alpha=self.alpha if alpha is None else alpha, logdet_second=self.logdet_second)
+        # the terms were validated once: only the new weights are checked
+        out = object.__new__(DiagonalDecomposed)
+        out._set(self.f, self.p, self.beta if beta is None else beta, self.alpha if alpha is None else alpha,
+                 self.logdet_second, self._gap)
+        return out
 
     def to(self, *args: Any, **kwargs: Any) -> "DiagonalDecomposed":
         probe = torch.empty(0, dtype=_F64, device=self.device).to(*args, **kwargs)

@@ -100,7 +100,6 @@ class NonFiniteLogits(ValueError):
     """
 
 
-_NonFiniteLogits = NonFiniteLogits  # the former name, kept for tuning.py
 
 
 def _scales_text(gaussian: Any) -> str:

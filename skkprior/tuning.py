@@ -377,7 +377,7 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
     ``history`` holds the NLL of every grid point in row-major order (prior scale outer).
     """
     from .metrics import nll
-    from .predictive import _NonFiniteLogits, predict_proba_linearized, predict_proba_mc
+    from .predictive import NonFiniteLogits, predict_proba_linearized, predict_proba_mc
 
     if predictive not in ("mc", "linearized"):
         raise ValueError(error_message("predictive", "'mc' or 'linearized'", predictive))
@@ -396,7 +396,7 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
                 else:
                     proba = predict_proba_linearized(model, q, X_val, batch_size=batch_size)
                 value = float(nll(proba.cpu().numpy(), y.cpu().numpy()))
-            except _NonFiniteLogits as exc:  # a grid point too broad to evaluate: never the best
+            except NonFiniteLogits as exc:  # a grid point too broad to evaluate: never the best
                 skipped.append(f"(prior_scale {float(a):.3g}, temperature {float(t):.3g}): {exc}")
                 value = math.inf
             # a NaN would make min() depend on the grid order; it ranks last like an overflow

@@ -165,7 +165,7 @@ def check_device(device: Any, name: str = "device") -> torch.device:
             raise ValueError(error_message(name, "a torch device such as 'cpu', 'cuda' or 'cuda:0'",
                                            repr(device), f"torch could not parse it ({str(exc)[:80]}).")) from exc
     else:
-        raise TypeError(error_message(name, "a torch.device, a device string such as 'cpu' or 'cuda', or None",
+        raise TypeError(error_message(name, "a torch.device or a device string such as 'cpu' or 'cuda'",
                                       type(device).__name__))
     if dev.type == "cuda":
         if not torch.cuda.is_available():

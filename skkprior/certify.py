@@ -122,6 +122,9 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     if delta is None:
         delta = 0.1 if protocol == "paper" else 0.025
     delta = check_probability(delta, "delta")
+    if not isinstance(frozen_statistics, bool):
+        raise TypeError(error_message("frozen_statistics", "True or False", repr(frozen_statistics),
+                                      "It states that normalization statistics were fixed before the bound data."))
     refuse_data_dependent(model, posterior, frozen_statistics=frozen_statistics)
     X_t = torch.as_tensor(X)
     y_t = _check_labels(y, X_t)

@@ -122,9 +122,11 @@ class _Sums:
         return cls(S_A={}, S_G={}, positions={k: 0 for k in layers},
                    terms={k: [] for k in layers} if method == "kfoc" else {})
 
-    def materialize(self, layers: dict[str, KroneckerLayer], device: torch.device) -> None:
-        """Allocate zeros for the missing sums."""
+    def materialize(self, layers: dict[str, KroneckerLayer], device: torch.device, method: str) -> None:
+        """Allocate zeros for the missing sums (those of the pass's ``method``)."""
         for k, v in layers.items():
+            if method == "diag" and k not in self.S_D:
+                self.S_D[k] = torch.zeros(v.n, v.m, dtype=torch.float64, device=device)
             if k not in self.S_A:
                 self.S_A[k] = torch.zeros(v.m, v.m, dtype=torch.float64, device=device)
             if k not in self.S_G:
@@ -385,10 +387,8 @@ class Curvature:
             warnings.warn(f"Layers {unused} were never called in the forward passes; their "
                           "curvature is zero.", RuntimeWarning, stacklevel=3)
         if self.method == "diag":
-            for name, layer in self.layers.items():
-                S_D = self._sums.S_D.get(name)
-                out[name] = DiagonalCurvature(S_D.clone() if S_D is not None else torch.zeros(
-                    layer.n, layer.m, dtype=torch.float64, device=self._device))
+            for name in self.layers:
+                out[name] = DiagonalCurvature(self._sums.S_D[name])
             return out
         for name in self.layers:
             A_kfac = self._kfac_input_factor(name)
@@ -846,7 +846,8 @@ class _Recorder:
         self.layers = layers
         self.sums = sums
         self.method = method
-        self.kfoc = method in ("kfoc", "diag")  # both keep the per-example inputs and gradients
+        self.per_example = method in ("kfoc", "diag")  # both keep the per-example inputs and gradients
+        self.factor_sums = method != "diag"  # the diagonal needs no Kronecker factor sums
         self.modules = dict(model.named_modules())
         self.handles: list[Any] = []
         self.leaves: list[torch.Tensor] = []
@@ -906,17 +907,18 @@ class _Recorder:
             B, C, Ho, Wo, kh, kw = win.shape
             count = B * Ho * Wo
             P = win.permute(1, 4, 5, 0, 2, 3).reshape(C * kh * kw, count)  # one copy: (m_in, B L)
-            if self.kfoc:
+            if self.per_example:
                 self.inputs.setdefault(name, []).append(
                     P.reshape(C * kh * kw, B, Ho * Wo).transpose(0, 1))  # (B, m_in, L) view
         else:
             P = x.reshape(-1, x.shape[-1]).to(cdtype).T  # a view: (m_in, N T)
             count = P.shape[1]
-            if self.kfoc:
+            if self.per_example:
                 B = x.shape[0] if x.ndim > 1 else 1
                 self.inputs.setdefault(name, []).append(
                     x.reshape(B, -1, x.shape[-1]).transpose(1, 2).to(cdtype))
-        self.xx[name].add(P)
+        if self.factor_sums:
+            self.xx[name].add(P)
         self.sums.positions[name] += count
 
     def finish(self, device: torch.device) -> None:
@@ -941,7 +943,7 @@ class _Recorder:
                 self.sums.S_G[name] = res[0]
             self.sums.rounding[name] = {side: (acc.unit, acc.max_chain)
                                         for side, acc in (("A", self.xx[name]), ("G", self.gg[name]))}
-        self.sums.materialize(self.layers, device)
+        self.sums.materialize(self.layers, device, self.method)
 
     # -- backward -------------------------------------------------------------------------
     def _make_grad_hook(self, name: str, layer: KroneckerLayer, module: nn.Module,
@@ -950,11 +952,13 @@ class _Recorder:
 
         def hook(grad: torch.Tensor) -> None:
             g = grad.detach().to(torch.promote_types(grad.dtype, torch.float32))
-            if is_conv:
+            if not self.factor_sums:
+                pass
+            elif is_conv:
                 self.gg[name].add(g.transpose(0, 1).reshape(g.shape[1], -1))  # one copy: (n, B H W)
             else:
                 self.gg[name].add(g.reshape(-1, g.shape[-1]).T)
-            if self.kfoc:
+            if self.per_example:
                 B = g.shape[0]
                 gm = g.reshape(B, layer.n, -1) if is_conv else g.reshape(B, -1, layer.n).transpose(1, 2)
                 self.grads.setdefault(name, {})[(self.vector, call)] = gm
@@ -963,7 +967,7 @@ class _Recorder:
 
     # -- K-FOC ----------------------------------------------------------------------------
     def end_batch(self, n_vectors: int) -> None:
-        if not self.kfoc:
+        if not self.per_example:
             return
         for name, layer in self.layers.items():
             calls = self.inputs.get(name, [])
@@ -1029,10 +1033,13 @@ def _diagonal_batch(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``sum_{v,b} X_vb o X_vb`` (float64) with the per-example gradients ``X_vb = sum_t g a^T``.
 
     ``a``: ``(B, m, T)`` inputs (bias row included), ``g``: ``(V, B, n, T)`` output gradients.
-    The per-example matrices are formed in chunks of at most about 2^22 entries.
+    With one position (``T = 1``, a Linear layer) ``X_vb o X_vb = (g o g)(a o a)^T`` and no
+    per-example matrix is formed; otherwise they are formed in chunks of about 2^22 entries.
     """
-    V, B, n, _ = g.shape
+    V, B, n, T = g.shape
     m = a.shape[1]
+    if T == 1:
+        return torch.einsum("vbn,bm->nm", g[..., 0] * g[..., 0], a[..., 0] * a[..., 0]).to(torch.float64)
     out = torch.zeros(n, m, dtype=torch.float64, device=a.device)
     step = max(1, (1 << 22) // max(1, V * n * m))
     for start in range(0, B, step):

@@ -191,3 +191,13 @@ def test_layernorm_network_certifies_with_its_affine_parameters_paid(iris, data)
     Xi, yi = iris
     est = PACBayesBoundEstimator(_norm_net(nn.LayerNorm(8)), temperatures=[1.0], **FAST).fit(Xi, yi)
     assert {"1.weight", "1.bias"} <= set(est.certificate_.kl_per_group) and 0 < est.bound_ <= 1
+
+
+def test_frozen_statistics_must_be_a_bool():
+    net = nn.Sequential(nn.Linear(4, 3))
+    X, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    from skkprior import isotropic_prior, kfac, posterior
+
+    post = posterior(isotropic_prior(net, weight_decay=1.0), kfac(net, X, y, progress=False), net)
+    with pytest.raises(TypeError, match="frozen_statistics must be True or False"):
+        certify(net, post, X, y, frozen_statistics="no")

@@ -393,3 +393,29 @@ def test_certify_validates_labels(small_posterior):
         certify(net, post, X, y + 3, protocol="paper", n_samples=3)
     with pytest.raises(ValueError, match=r"labels in 0 .. 2 \(the model has 3 outputs\)"):
         certify(net, post, X, y + 3)
+
+
+def test_a_failed_fit_leaves_no_half_fitted_estimator(iris):
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    X, y = iris
+    diverge = dict(max_epochs=5, lr=1e6, optimizer=torch.optim.SGD)
+    for est in (KroneckerPriorClassifier(**{**FAST, **diverge}), PACBayesBoundEstimator(**{**PAC_FAST, **diverge})):
+        with pytest.raises(FloatingPointError):
+            est.fit(X * 100, y)
+        # before: classes_ stayed, check_is_fitted passed and predict raised AttributeError('module_')
+        with pytest.raises(NotFittedError):
+            check_is_fitted(est)
+        with pytest.raises(NotFittedError):
+            est.predict(X)
+    # a later task that fails leaves the fitted state of the earlier ones as it was
+    clf = KroneckerPriorClassifier(**FAST).partial_fit(X, y, classes=np.unique(y))
+    before = clf.predict_proba(X)
+    weights = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    clf.set_params(lr=1e6, optimizer=torch.optim.SGD, max_epochs=5)
+    with pytest.raises(FloatingPointError):
+        clf.partial_fit(X * 100, y)
+    assert clf.n_tasks_ == 1
+    assert all(torch.equal(v, clf.module_.state_dict()[k]) for k, v in weights.items())
+    np.testing.assert_allclose(clf.predict_proba(X), before, rtol=0, atol=1e-12)  # same computation, same process

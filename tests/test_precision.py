@@ -227,3 +227,29 @@ def test_diagonal_posterior_round_trips_through_a_file(tiny, tmp_path):
     torch.testing.assert_close(again.to_dense()[1], prior.to_dense()[1], rtol=1e-14, atol=0.0)
     with pytest.raises(ValueError, match="posterior file"):
         KroneckerPrior.load(path)
+
+
+def test_diagonal_fisher_all_reduces_a_layer_that_is_never_called(tmp_path):
+    import torch.distributed as dist
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(4, 3), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    net, X, y = Net(), torch.randn(8, 4), torch.randint(0, 3, (8,))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.warns(RuntimeWarning, match="never called"):
+            got = diagonal_fisher(net, X, y, fisher="exact", progress=False, distributed=True).factors
+    finally:
+        dist.destroy_process_group()
+    # before: KeyError 'unused' in the all-reduce; one process must give the plain pass's sums
+    with pytest.warns(RuntimeWarning, match="never called"):
+        plain = diagonal_fisher(net, X, y, fisher="exact", progress=False).factors
+    torch.testing.assert_close(got["used"].values, plain["used"].values, rtol=1e-12, atol=0.0)
+    assert float(got["unused"].values.abs().max()) == 0.0

@@ -317,7 +317,9 @@ def scale_posterior(post: KroneckerPosterior, scaling: str, *, model: nn.Module,
                                temperatures=[temperature * g for g in VALIDATION_TEMPERATURE_GRID],
                                n_samples=min(n_samples, 30), generator=generator,
                                predictive="linearized" if predictive == "linearized" else "mc").posterior
-    return post
+    if scaling == "fixed":
+        return post
+    raise ValueError(error_message("scaling", "one of 'validation', 'marglik', 'pac-bayes', 'fixed'", scaling))
 
 
 @dataclass
@@ -328,7 +330,6 @@ class TaskFit:
     curvature: Curvature
     laplace: KroneckerPosterior  # at the given scales: the hand-over to the next task
     posterior: KroneckerPosterior  # at the scales chosen by ``scaling``: the predictive's
-    n: int  # training examples (after the validation split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -639,7 +640,7 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
                                  n_samples=self.n_samples,
                                  generator=self._seeds.generator("validation", task, device=self.device_),
                                  **self._pac_bayes_options())
-        return TaskFit(history, curvature, laplace, scaled, n)
+        return TaskFit(history, curvature, laplace, scaled)
 
     def _handover(self, post: KroneckerPosterior) -> KroneckerPrior:
         """The continual hand-over: the posterior at the *given* scales, compressed to a prior.

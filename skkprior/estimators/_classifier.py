@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -185,23 +186,30 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         return self._next_task(X, y, classes, first_needs_classes=True)
 
     def _next_task(self, X: Any, y: Any, classes: Any, first_needs_classes: bool) -> "KroneckerPriorClassifier":
-        if not hasattr(self, "classes_"):
-            X, y = self._start(X, y)
-            y_enc = self._set_classes(y, classes, first_needs_classes)
-            module = self._new_module(X, len(self.classes_))
-            prior = self._first_prior(module)
-        else:
-            check_is_fitted(self)
-            X, y = self._check_X_y(X, y, reset=False)
-            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
-                raise ValueError(error_message("classes", f"equal to the classes of the first call "
-                                               f"{self.classes_.tolist()}", np.unique(np.asarray(classes)).tolist(),
-                                               "Omit classes after the first call."))
-            y_enc = self._encode_new(y)
-            module = self.module_
-            self._check_module(module, X, len(self.classes_))
-            prior = self._handover(self.posterior_).match(module)
-        fit = self._learn_task(module, prior, X, y_enc, self.n_tasks_)
+        first = not hasattr(self, "classes_")
+        try:
+            if first:
+                X, y = self._start(X, y)
+                y_enc = self._set_classes(y, classes, first_needs_classes)
+                module = self._new_module(X, len(self.classes_))
+                prior = self._first_prior(module)
+            else:
+                check_is_fitted(self)
+                X, y = self._check_X_y(X, y, reset=False)
+                if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+                    raise ValueError(error_message("classes", f"equal to the classes of the first call "
+                                                   f"{self.classes_.tolist()}", np.unique(np.asarray(classes)).tolist(),
+                                                   "Omit classes after the first call."))
+                y_enc = self._encode_new(y)
+                # a copy: a task that fails (e.g. diverged training) leaves the fitted state as it was
+                module = copy.deepcopy(self.module_)
+                self._check_module(module, X, len(self.classes_))
+                prior = self._handover(self.posterior_).match(module)
+            fit = self._learn_task(module, prior, X, y_enc, self.n_tasks_)
+        except BaseException:
+            if first:  # no half-fitted estimator: check_is_fitted keeps failing
+                self._reset()
+            raise
         self.module_, self.prior_, self.posterior_, self.curvature_ = module, prior, fit.posterior, fit.curvature
         self.history_ = fit.history
         self.n_tasks_ += 1

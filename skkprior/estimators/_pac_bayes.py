@@ -213,42 +213,46 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         self
         """
         self._reset()
-        X, y = self._start(X, y)
-        y_enc = self._set_classes(y, None)
-        n = len(y_enc)
-        union_size = self._union_size()
-        best, selection = None, []
-        for scale in (self.prior_scales or [1.0]):
-            module = self._new_module(X, len(self.classes_))
-            self._refuse_running_statistics(module)
-            buffers = _floating_buffers(module)
-            X_module = self._module_input(X, module)
-            base_prior = self._resolve_prior(module).to(self.device_)
-            prior = base_prior.scaled(float(scale)) if float(scale) != 1.0 else base_prior
-            self._init_at_prior_mean(module, prior)
-            n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
-            fit = self._learn_task(module, prior, X_module, y_enc, 0, loss=self._criterion(prior, n_params))
-            self._refuse_changed_buffers(module, buffers)
-            # the tuned posterior and the plain Laplace posterior (alpha = beta = tau = 1) compete
-            # by the measured bound: the Taylor objective can pick scales whose KL is vacuous
-            chosen, key = self._select_posterior(module, (fit.posterior, fit.laplace), X_module, y_enc, n)
-            selection.append({"prior_scale": float(scale), "selection_bound": key[0],
-                              "selection_gibbs_risk": key[1]})
-            # the prior scale is chosen by the same selection draws (the union bound pays for the
-            # choice on the KL side); only the winner is certified, once, with fresh draws
-            if best is None or key < best[0]:
-                best = (key, module, prior, chosen, fit.curvature, fit.history, float(scale), X_module)
-        (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
-         X_module) = best
-        self.selection_ = selection
-        self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
-                                    bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
-                                    passes=self.mc_passes, union_size=union_size,
-                                    generator=self._seeds.generator("certify", device=self.device_),
-                                    batch_size=max(self.batch_size, 256),
-                                    C=1.0 if self.bound == "catoni" else None,
-                                    # checked above: no running statistics moved on the bound data
-                                    frozen_statistics=True)
+        try:
+            X, y = self._start(X, y)
+            y_enc = self._set_classes(y, None)
+            n = len(y_enc)
+            union_size = self._union_size()
+            best, selection = None, []
+            for scale in (self.prior_scales or [1.0]):
+                module = self._new_module(X, len(self.classes_))
+                self._refuse_running_statistics(module)
+                buffers = _floating_buffers(module)
+                X_module = self._module_input(X, module)
+                base_prior = self._resolve_prior(module).to(self.device_)
+                prior = base_prior.scaled(float(scale)) if float(scale) != 1.0 else base_prior
+                self._init_at_prior_mean(module, prior)
+                n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+                fit = self._learn_task(module, prior, X_module, y_enc, 0, loss=self._criterion(prior, n_params))
+                self._refuse_changed_buffers(module, buffers)
+                # the tuned posterior and the plain Laplace posterior (alpha = beta = tau = 1) compete
+                # by the measured bound: the Taylor objective can pick scales whose KL is vacuous
+                chosen, key = self._select_posterior(module, (fit.posterior, fit.laplace), X_module, y_enc, n)
+                selection.append({"prior_scale": float(scale), "selection_bound": key[0],
+                                  "selection_gibbs_risk": key[1]})
+                # the prior scale is chosen by the same selection draws (the union bound pays for the
+                # choice on the KL side); only the winner is certified, once, with fresh draws
+                if best is None or key < best[0]:
+                    best = (key, module, prior, chosen, fit.curvature, fit.history, float(scale), X_module)
+            (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
+             X_module) = best
+            self.selection_ = selection
+            self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
+                                        bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,
+                                        passes=self.mc_passes, union_size=union_size,
+                                        generator=self._seeds.generator("certify", device=self.device_),
+                                        batch_size=max(self.batch_size, 256),
+                                        C=1.0 if self.bound == "catoni" else None,
+                                        # checked above: no running statistics moved on the bound data
+                                        frozen_statistics=True)
+        except BaseException:
+            self._reset()  # no half-fitted estimator: check_is_fitted keeps failing
+            raise
         self.bound_ = float(self.certificate_.risk_bound)
         self.n_tasks_ = 1
         return self

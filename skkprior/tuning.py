@@ -418,11 +418,13 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
                         {k: best[2] for k in names}, start_nll, best[0], [r[0] for r in results])
 
 
-def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """Per layer group: ``q = (theta - mu)^T P (theta - mu)`` and the eigenvalues ``beta * d`` of
-    ``beta F`` in the prior's metric (``T^T P T = I``, ``T^T F T = diag(d)``), flattened."""
+    ``beta F`` in the prior's metric (``T^T P T = I``, ``T^T F T = diag(d)``), flattened; and the
+    summed ``logdet_gap`` of posteriors that keep their prior term only in part (a constant)."""
     quads: dict[str, torch.Tensor] = {}
     curv: dict[str, torch.Tensor] = {}
+    gap = 0.0
     for name, g in posterior.groups.items():
         if g.terms is None:  # no curvature
             continue
@@ -432,21 +434,23 @@ def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, 
         prec = g.precision
         beta = torch.as_tensor(prec.beta, dtype=torch.float64, device=prec.device).detach()
         curv[name] = (prec.whitened_curvature().detach() * beta).reshape(-1).clamp_min(0.0)
+        gap += float(prec.logdet_gap)
     if not quads:
         raise ValueError(error_message("posterior", "at least one layer with curvature (a KroneckerPosterior "
                                        "from skkprior.posterior)", "none",
                                        "Build the posterior with skkprior.posterior(prior, curvature, model)."))
-    return quads, curv
+    return quads, curv, gap
 
 
 def _evidence_value(quads: dict[str, torch.Tensor], curv: dict[str, torch.Tensor], alphas: dict[str, Any],
-                    beta: float, nll: float) -> torch.Tensor:
-    """``-beta nll - sum_l (alpha_l q_l + sum_i ln(1 + e_li / alpha_l)) / 2`` (see laplace_log_evidence)."""
+                    beta: float, nll: float, gap: float = 0.0) -> torch.Tensor:
+    """``-beta nll - sum_l (alpha_l q_l + sum_i ln(1 + e_li / alpha_l)) / 2 - gap / 2`` (see
+    laplace_log_evidence; ``gap`` from :func:`_evidence_terms`)."""
     total = torch.zeros((), dtype=torch.float64, device=next(iter(quads.values())).device)
     for name, q in quads.items():
         alpha = torch.as_tensor(float(alphas[name]), dtype=torch.float64, device=q.device)
         total = total - 0.5 * alpha * q - 0.5 * torch.log1p(curv[name] / alpha).sum()
-    return total - beta * nll
+    return total - beta * nll - 0.5 * gap
 
 
 def _shared_likelihood_scale(posterior: Any) -> float:
@@ -506,10 +510,8 @@ def laplace_log_evidence(posterior: Any, *, nll_sum: float) -> torch.Tensor:
     """
     nll = check_positive(nll_sum, "nll_sum", allow_zero=True)
     beta = _shared_likelihood_scale(posterior)
-    quads, curv = _evidence_terms(posterior)
-    # a posterior that keeps its prior term only in part (a diagonal one) has a larger logdet
-    gap = sum(float(g.precision.logdet_gap) for g in posterior.groups.values() if g.terms is not None)
-    return _evidence_value(quads, curv, posterior.prior_scale, beta, nll) - 0.5 * gap
+    quads, curv, gap = _evidence_terms(posterior)
+    return _evidence_value(quads, curv, posterior.prior_scale, beta, nll, gap)
 
 
 def _solve_log_alpha(quads: Sequence[torch.Tensor], curv: Sequence[torch.Tensor], u0: float,
@@ -613,8 +615,8 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
                                        "Pass e.g. search=(1e-8, 1e8)."))
     nll = check_positive(nll_sum, "nll_sum", allow_zero=True)
     beta = _shared_likelihood_scale(posterior)
-    quads, curv = _evidence_terms(posterior)  # once: every evidence value below reuses them
-    start = float(_evidence_value(quads, curv, posterior.prior_scale, beta, nll))
+    quads, curv, gap = _evidence_terms(posterior)  # once: every evidence value below reuses them
+    start = float(_evidence_value(quads, curv, posterior.prior_scale, beta, nll, gap))
     names = list(quads)
     start_scales = {k: float(v) for k, v in posterior.prior_scale.items()}
     chosen = dict(start_scales)
@@ -629,7 +631,7 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
                            "every layer" if len(block) > 1 else block[0], math.exp(u))
         for n in (block if per_layer else chosen):
             chosen[n] = math.exp(u)
-    best = float(_evidence_value(quads, curv, chosen, beta, nll))
+    best = float(_evidence_value(quads, curv, chosen, beta, nll, gap))
     if best < start:  # only when the start lies outside the search interval (or by rounding)
         return TuningResult(posterior, start_scales, dict(posterior.likelihood_scale), dict(posterior.temperature),
                             -start, -start, [])

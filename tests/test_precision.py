@@ -17,7 +17,7 @@ from skkprior.precision import (
     precision_from_state,
 )
 from skkprior.testing import PrecisionTests, random_psd, random_spd
-from skkprior.tuning import SCALE_NAMES, PACBayesObjective, laplace_log_evidence
+from skkprior.tuning import SCALE_NAMES, PACBayesObjective, laplace_log_evidence, tune_marglik
 
 DT = torch.float64
 
@@ -253,3 +253,17 @@ def test_diagonal_fisher_all_reduces_a_layer_that_is_never_called(tmp_path):
         plain = diagonal_fisher(net, X, y, fisher="exact", progress=False).factors
     torch.testing.assert_close(got["used"].values, plain["used"].values, rtol=1e-12, atol=0.0)
     assert float(got["unused"].values.abs().max()) == 0.0
+
+
+def test_marglik_with_a_diagonal_posterior_of_a_kronecker_prior_reports_the_evidence(tiny):
+    net, X, y = tiny
+    kron_prior = posterior(isotropic_prior(net, weight_decay=1.0), kfac(net, X, y, fisher="exact", progress=False),
+                           net).as_prior()  # non-diagonal Kronecker factors: logdet_gap > 0
+    curv = diagonal_fisher(net, X, y, fisher="exact", progress=False)
+    post = posterior(kron_prior, curv, net)
+    assert sum(g.precision.logdet_gap for g in post) > 1e-6
+    tuned = tune_marglik(post, nll_sum=curv.nll_sum)
+    # the objective is the negative evidence; before, tune_marglik's left out the log-det gap
+    # that laplace_log_evidence includes
+    evidence = float(laplace_log_evidence(tuned.posterior, nll_sum=curv.nll_sum))
+    assert abs(tuned.objective_best + evidence) <= 1e-9 * abs(evidence), (tuned.objective_best, evidence)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from skkprior._validation import check_device
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -100,11 +102,12 @@ def add_run_arguments(parser: Any, name: str) -> None:
 
 
 def parse_run(parser: Any, argv: Sequence[str] | None) -> tuple[Any, torch.device]:
-    """Parse ``argv``; the device of ``--device`` (an error when CUDA is missing); set the threads."""
+    """Parse ``argv``; the device of ``--device`` (a usage error when it is not available); set the threads."""
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda given but torch.cuda.is_available() is False")
+    try:
+        device = check_device(args.device, "--device")
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
     torch.set_num_threads(args.threads)
     return args, device
 

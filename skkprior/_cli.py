@@ -65,14 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     device = _resolve_device(parser, args.device)
     if args.threads < 1:
         parser.exit(2, f"{parser.prog} demo: error: --threads must be at least 1, got {args.threads}\n")
+    if not 0 <= args.seed < 2**32:
+        parser.exit(2, f"{parser.prog} demo: error: --seed must be in 0 .. 2**32 - 1, got {args.seed}\n")
     import torch
 
-    torch.set_num_threads(args.threads)
-    from ._demo import format_table, run_demo, summarize  # after parsing: --help stays fast
+    from ._demo import format_table, run_demo, summarize
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     demo_logger = logging.getLogger("skkprior._demo")
+    level = demo_logger.level
     demo_logger.addHandler(handler)
     demo_logger.setLevel(logging.INFO)
     start = time.perf_counter()
@@ -80,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{', quick' if args.quick else ''}", flush=True)
     try:
         rows = run_demo(quick=args.quick, seed=args.seed, device=device)
-    finally:
+    finally:  # a caller (a test, a notebook) gets its threads and logging back
         demo_logger.removeHandler(handler)
+        demo_logger.setLevel(level)
+        torch.set_num_threads(threads)
     print()
     print(format_table(rows))
     print("\nWhat this shows:")

@@ -77,6 +77,7 @@ from ._validation import check_finite_tensor, describe, error_message
 from .gaussian import GaussianGroup, LayerwiseGaussian
 
 __all__ = [
+    "NonFiniteLogits",
     "gibbs_error_count",
     "gibbs_predict",
     "linearized_logit_moments",

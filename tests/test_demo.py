@@ -65,3 +65,15 @@ def test_unavailable_device_is_a_one_line_error(device, capsys):
         main(["demo", "--device", device])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and "--device" in err and "Traceback" not in err
+
+
+def test_the_cli_gives_back_threads_and_refuses_a_negative_seed(capsys):
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--seed", "-1"])
+    assert info.value.code == 2 and "--seed must be in 0" in capsys.readouterr().err
+    main(["demo", "--quick", "--threads", "2" if threads == 1 else "1"])
+    assert torch.get_num_threads() == threads
+    assert logging.getLogger("skkprior._demo").level == logging.NOTSET

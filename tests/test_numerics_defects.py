@@ -192,6 +192,12 @@ def test_float32_accumulated_cnn_sized_factor_keeps_real_small_eigenvalues():
     def projected(curv, net):  # the posterior's input-factor spectrum (prior A factor = identity)
         return posterior(isotropic_prior(net, weight_decay=1.0), curv, net).groups[""].precision.D_A
 
+    # the accumulation record the projection's tolerance is derived from: float32 products summed
+    # in chains of 4 batches x (256 columns + 1) terms; float64 ones at float64's unit roundoff
+    assert c32.rounding[""]["A"] == (2.0 ** -24, 4 * (256 + 1))
+    assert c64.rounding[""]["A"][0] == 2.0 ** -53
+    merged = c32.merge(c32)  # a merge keeps the worst record
+    assert merged.rounding[""]["A"] == c32.rounding[""]["A"]
     A32 = c32.factors[""].A
     f32, f64 = projected(c32, net32), torch.linalg.eigvalsh(c64.factors[""].A)
     # the rounding bound of a float32 sum of chains of k = 4 batches x (256 columns + 1) terms
@@ -218,7 +224,7 @@ def test_rank_deficient_float32_factors_still_project_to_zero():
     F = curv.factors["2"]
     raw = torch.linalg.eigvalsh(F.G)
     assert float(raw.abs().min()) < 1e-5 * float(raw.max())       # the null direction, as noise
-    (f_g, V_g), _ = psd_projected(F, getattr(curv, "rounding", {}).get("2"))[1]
+    (f_g, V_g), _ = psd_projected(F, curv.rounding.get("2"))[1]
     assert int((f_g == 0).sum()) == 1
     ones = torch.ones(5, dtype=DT) / math.sqrt(5)
     assert float((V_g[:, f_g == 0].T @ ones).abs().max()) == pytest.approx(1.0, abs=1e-6)

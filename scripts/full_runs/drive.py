@@ -98,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                                   max_epochs=1, n_samples=2))
         m.run(args(m.NAME, **ov))
     elif job == "tune":
-        return subprocess.call([sys.executable, "benchmarks/tuning.py", "--device", dev, "--workloads",
+        return subprocess.call([sys.executable, str(ROOT / "benchmarks" / "tuning.py"), "--device", dev, "--workloads",
                                 "resnet50_synthetic", "mnist_cnn", "--budget", "90", "--out-json",
                                 f"{out}/tuning.json", "--out-md", f"{out}/tuning.md"])
     elif job == "prog":
-        return subprocess.call([sys.executable, "examples/progressive.py", "--device", dev, "--out", out])
+        return subprocess.call([sys.executable, str(ROOT / "examples" / "progressive.py"), "--device", dev, "--out", out])
     print(f"JOB {job} done in {time.perf_counter() - t0:.1f} s", flush=True)
     return 0
 

@@ -52,12 +52,15 @@ NAME = "certificates"
 # priors: labels of PRIORS, or "learned (nearest)" / "learned (damped)" for a learned prior with that
 # compression (``compression`` is the one of "learned"); temperatures None: the estimator's default grid
 # n_per_class None: every training image (Fashion-MNIST 60,000; Animal-MNIST 8,005)
+# prior_fraction: the share of the training data that learns a data-dependent prior (0: the prior
+# sees no data); prior_scales: the grid of prior-precision multipliers, paid by a union bound;
+# objective: the estimator's training criterion
 FULL = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=None, max_epochs=3, batch_size=128,
             lr=1e-3, paper_samples=100, predictive_samples=100, n_test=None, priors=PRIORS, temperatures=None,
-            compression="nearest", seed=0)
+            compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni")
 QUICK = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=100, max_epochs=2, batch_size=64,
              lr=1e-3, paper_samples=10, predictive_samples=10, n_test=500, priors=PRIORS, temperatures=None,
-             compression="nearest", seed=0)
+             compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni")
 
 
 def build_parser():
@@ -103,14 +106,16 @@ def run(args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             prior = _prior(label, args.device, cfg["compression"])
             est = PACBayesBoundEstimator(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, bound="kl",
-                                         objective="catoni", delta=0.025, delta_mc=0.01, prior_scales=[PRIOR_SCALE],
+                                         objective=cfg["objective"], delta=0.025, delta_mc=0.01,
+                                         prior_fraction=cfg["prior_fraction"], prior_scales=list(cfg["prior_scales"]),
                                          temperatures=cfg["temperatures"], max_epochs=cfg["max_epochs"],
                                          batch_size=cfg["batch_size"], lr=cfg["lr"],
                                          n_samples=cfg["predictive_samples"], device=args.device, random_state=seed)
             est.fit(X, y)
             q, cert = est.posterior_, est.certificate_
-            # the paper-protocol diagnostic of the same posterior on the same data
-            paper = est.certify(X, y, protocol="paper", n_samples=cfg["paper_samples"])
+            # the paper-protocol diagnostic of the same posterior on the same (bound) data
+            bound_rows = est.prior_split_["bound_indices"]
+            paper = est.certify(X[bound_rows], y[bound_rows], protocol="paper", n_samples=cfg["paper_samples"])
             gen = torch.Generator(device=est.device_).manual_seed(seed + 7)
             proba = predict_proba_mc(est.module_, q, torch.from_numpy(X_test), n_samples=cfg["predictive_samples"],
                                      generator=gen, batch_size=512)  # the certified posterior's predictive
@@ -118,7 +123,9 @@ def run(args: argparse.Namespace) -> dict:
             gen = torch.Generator(device=est.device_).manual_seed(seed + 6)
             n_err, m = gibbs_error_count(est.module_, q, torch.from_numpy(X_test), torch.from_numpy(y_test),
                                          generator=gen, batch_size=512)
-            row = {"data": data, "prior": label, "n": len(y), "certificate": cert.risk_bound,
+            row = {"data": data, "prior": label, "n": len(y), "n_prior": est.prior_split_["n_prior"],
+                   "n_bound": est.prior_split_["n_bound"], "prior_scale": est.prior_scale_,
+                   "certificate": cert.risk_bound,
                    "gibbs_train": cert.empirical_gibbs_risk, "kl": cert.kl, "posterior": _describe(q),
                    "paper_diag": paper.risk_bound, "bma_train_err": paper.empirical_gibbs_risk,
                    "test_err": 1.0 - test["accuracy"], "gibbs_test_err": n_err / m, "test_nll": test["nll"],
@@ -132,8 +139,9 @@ def run(args: argparse.Namespace) -> dict:
             append_jsonl(progress, row)
     table = save_results(NAME, rows, args, extra={"config": {k: list(v) if isinstance(v, tuple) else v
                                                                        for k, v in cfg.items()},
-                                                            "prior_scale": PRIOR_SCALE, "weight_decay": WEIGHT_DECAY},
-                         columns=["data", "prior", "n", "certificate", "gibbs_train", "kl", "posterior",
+                                                            "weight_decay": WEIGHT_DECAY},
+                         columns=["data", "prior", "n", "n_bound", "prior_scale", "certificate", "gibbs_train", "kl",
+                                  "posterior",
                                   "paper_diag", "test_err", "gibbs_test_err", "test_nll",
                                   "seconds"])
     _plot(rows, args)

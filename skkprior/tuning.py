@@ -53,7 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
-ObjectiveName = Literal["mcallester", "catoni"]
+ObjectiveName = Literal["mcallester", "catoni", "quadratic"]
+OBJECTIVE_NAMES = ("mcallester", "catoni", "quadratic")
 SCALE_NAMES = ("prior_scale", "likelihood_scale", "temperature")
 
 
@@ -65,7 +66,10 @@ def _bound_from_risk(risk: torch.Tensor, kl: torch.Tensor, n: int, delta: float,
     if bound == "catoni":
         C = log_C.exp()
         return (1.0 - torch.exp(-C * risk - (kl + math.log(1.0 / delta)) / n)) / (1.0 - torch.exp(-C))
-    raise ValueError(error_message("objective", "'mcallester' or 'catoni'", bound))
+    if bound == "quadratic":
+        half = (kl + math.log(2.0 * math.sqrt(n) / delta)).clamp_min(0) / (2.0 * n)
+        return (torch.sqrt(risk + half) + torch.sqrt(half)) ** 2
+    raise ValueError(error_message("objective", "'mcallester', 'catoni' or 'quadratic'", bound))
 
 
 class PACBayesObjective:
@@ -83,7 +87,9 @@ class PACBayesObjective:
         Summed NLL (nats) of the MAP network on the ``n`` bound data points.
     n : int
         Number of data points the bound is about.
-    bound : {"mcallester", "catoni"}, default="catoni"
+    bound : {"mcallester", "catoni", "quadratic"}, default="catoni"
+        ``"quadratic"``: the PAC-Bayes-quadratic bound of Perez-Ortiz et al. (2021),
+        ``(sqrt(r + b) + sqrt(b))^2`` with ``b = (KL + ln(2 sqrt(n) / delta)) / (2n)``.
     delta : float, default=0.025
         ``delta_conf`` of the bound.
 
@@ -114,8 +120,8 @@ class PACBayesObjective:
         self.nll_sum = float(nll_sum)
         self.bound = bound
         self.delta = check_probability(delta, "delta")
-        if bound not in ("mcallester", "catoni"):
-            raise ValueError(error_message("objective", "'mcallester' or 'catoni'", bound))
+        if bound not in OBJECTIVE_NAMES:
+            raise ValueError(error_message("objective", "'mcallester', 'catoni' or 'quadratic'", bound))
         self.names = list(posterior.groups)
         self.layers: dict[str, dict[str, Any]] = {}
         self.flat: dict[str, dict[str, Any]] = {}
@@ -243,8 +249,9 @@ def tune_pac_bayes(posterior: Any, *, nll_sum: float, n: int, objective: Objecti
         Summed NLL (nats) of the MAP network on the ``n`` data points (``Curvature.nll_sum``).
     n : int
         Number of data points.
-    objective : {"catoni", "mcallester"}, default="catoni"
-        The bound the approximate risk is plugged into. Catoni's ``C`` is optimized too.
+    objective : {"catoni", "mcallester", "quadratic"}, default="catoni"
+        The bound the approximate risk is plugged into (:class:`PACBayesObjective`). Catoni's
+        ``C`` is optimized too.
     delta : float, default=0.025
     per_layer : bool, default=False
         One scale per group (True) or shared scales (False).
@@ -639,17 +646,21 @@ def tune_marglik(posterior: Any, *, nll_sum: float, per_layer: bool = False,
                         -start, -best, [])
 
 
-def training_objective(kind: Literal["map", "mcallester", "catoni"], mean_ce: torch.Tensor,
+def training_objective(kind: Literal["map", "mcallester", "catoni", "quadratic"], mean_ce: torch.Tensor,
                        quadratic: torch.Tensor, *, n: int, n_params: int, prior_weight: float = 1.0,
                        delta: float = 0.025, C: float = 1.0) -> torch.Tensor:
     r"""The paper's training criteria as a loss on a mini-batch.
 
     Parameters
     ----------
-    kind : {"map", "mcallester", "catoni"}
+    kind : {"map", "mcallester", "catoni", "quadratic"}
         - ``"map"``: ``mean CE + prior_weight * Q / (2N)``;
         - ``"mcallester"``: ``(CE + D/(2N)) / ln 2 + sqrt((Q/2 + ln(2 sqrt(N)/delta)) / (2N))``;
-        - ``"catoni"``: ``C (CE + D/(2N)) / ln 2 + (Q/2 + ln(1/delta)) / N``.
+        - ``"catoni"``: ``C (CE + D/(2N)) / ln 2 + (Q/2 + ln(1/delta)) / N``;
+        - ``"quadratic"``: the PAC-Bayes-quadratic criterion of Perez-Ortiz et al. (2021),
+          ``(sqrt(R + B) + sqrt(B))^2`` with ``R = (CE + D/(2N)) / ln 2`` and
+          ``B = (Q/2 + ln(2 sqrt(N)/delta)) / (2N)``: tighter than McAllester's where ``R``
+          is small, the usual regime of a data-dependent prior.
     mean_ce : torch.Tensor
         Mean cross-entropy (nats) of the batch.
     quadratic : torch.Tensor
@@ -680,4 +691,7 @@ def training_objective(kind: Literal["map", "mcallester", "catoni"], mean_ce: to
         return expected + torch.sqrt((quadratic / 2 + math.log(2 * math.sqrt(n) / delta)) / (2 * n))
     if kind == "catoni":
         return C * expected + (quadratic / 2 + math.log(1 / delta)) / n
-    raise ValueError(error_message("objective", "'map', 'mcallester' or 'catoni'", kind))
+    if kind == "quadratic":
+        half = (quadratic / 2 + math.log(2 * math.sqrt(n) / delta)) / (2 * n)
+        return (torch.sqrt(expected + half) + torch.sqrt(half)) ** 2
+    raise ValueError(error_message("objective", "'map', 'mcallester', 'catoni' or 'quadratic'", kind))

@@ -210,7 +210,7 @@ class SeedStreams:
     """
 
     NAMES = ("init", "shuffle", "train", "split", "curvature", "validation", "predict", "earlier",
-             "select", "certify", "recertify")
+             "select", "certify", "recertify", "prior_split", "select_subset")
 
     def __init__(self, entropy: int) -> None:
         self.entropy = int(entropy)

@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
+from ._layers import kronecker_layers, uncovered_parameters
 from ._validation import check_positive, error_message
 from .curvature import kfac
 from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, model_order
@@ -724,7 +724,6 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     if curvature is None:
         curvature = kfac(model, X, y, fisher=fisher, batch_size=batch_size, device=device,
                          generator=generator, progress=progress)
-    params = dict(model.named_parameters())
     scales, calibration_C = _calibrated_scales(model, curvature, scaling, wd, alpha0, beta0, tau0,
                                                per_layer=per_layer, objective=objective, delta=delta)
     rounding = getattr(curvature, "rounding", {})

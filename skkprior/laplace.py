@@ -135,6 +135,8 @@ class KroneckerPrior(LayerwiseGaussian):
         compression : {"nearest", "damped"}, optional
             As in :func:`learn_prior`; None keeps this prior's.
 
+        Notes
+        -----
         A float is shared by every group, a dict sets the groups it names; None (and groups a
         dict leaves out) keep the current values, ``metadata["calibration"]``.
 

@@ -53,8 +53,11 @@ FORMAT_NAME = "skkprior-gaussian"
 # Version 2 (skkprior 0.x, issue 14): a KroneckerPosterior file also holds its prior and its
 # scales (alpha, beta, tau per group); files of other classes are unchanged. Version 1 files
 # are still read (a version 1 posterior file only as a LayerwiseGaussian: it lacks its prior).
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3 (issue 12): a learned KroneckerPrior file also holds its source factors
+# ("source_factors": G and A per Kronecker layer) for KroneckerPrior.reweighted; files of
+# versions 1 and 2 are read without them.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 Scalar = float | torch.Tensor
 

@@ -33,11 +33,11 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from ._layers import kronecker_layers, layer_matrix, uncovered_parameters
+from ._layers import kronecker_layers, uncovered_parameters
 from ._validation import check_positive, error_message
 from .curvature import kfac
 from .gaussian import FORMAT_NAME, GaussianGroup, IsotropicPrecision, LayerwiseGaussian, Scalar, model_order
-from .kron import Kron, KronSum, positive_definite_nearest, psd_projected
+from .kron import Kron, KronSum, check_factors_definite, positive_definite_nearest, psd_projected
 from .precision import TwoTermPrecision
 
 __all__ = [
@@ -91,9 +91,136 @@ class KroneckerPrior(LayerwiseGaussian):
     'Kron'
     """
 
+    def __init__(self, groups: Any, metadata: dict[str, Any] | None = None, *,
+                 source_factors: Mapping[str, Kron] | None = None) -> None:
+        super().__init__(groups, metadata)
+        self.source_factors: dict[str, Kron] = dict(source_factors or {})
+
     @property
     def weight_decay(self) -> float:
         return float(self.metadata.get("weight_decay", 1.0))
+
+    @property
+    def reweightable(self) -> bool:
+        """Whether :meth:`reweighted` can rebuild this prior (it holds its source factors)."""
+        return bool(self.source_factors) and isinstance(self.metadata.get("calibration"), Mapping)
+
+    def to(self, *args: Any, **kwargs: Any) -> "KroneckerPrior":
+        """Move every group and the source factors."""
+        out = super().to(*args, **kwargs)
+        out.source_factors = {k: F.to(*args, **kwargs) for k, F in self.source_factors.items()}
+        return out
+
+    def reweighted(self, *, likelihood_scale: ScaleArg | None = None, prior_scale: ScaleArg | None = None,
+                   temperature: ScaleArg | None = None,
+                   compression: Literal["nearest", "damped"] | None = None) -> "KroneckerPrior":
+        r"""This learned prior at other scales ``(alpha_0, beta_0, tau_0)``, without a new source pass.
+
+        A learned prior keeps the (PSD-projected) source factors ``G_s, A_s`` of every Kronecker
+        layer (:attr:`source_factors`), so ``P_0 = beta_0 (G_s (x) A_s) + alpha_0 delta I`` can be
+        formed and compressed again for new values, by the same code as :func:`learn_prior`.
+        ``likelihood_scale=0`` gives exactly the isotropic prior with the learned mean,
+        ``N(theta_s, tau_0 (alpha_0 delta)^-1 I)``, on the Kronecker layers (no compression).
+        The head keeps ``N(0, delta^-1 I)``; other parameters get ``N(theta_s, tau_0 (alpha_0
+        delta)^-1 I)`` as in :func:`learn_prior`.
+
+        Parameters
+        ----------
+        likelihood_scale : float or dict, optional
+            ``beta_0 >= 0``, the weight of the source curvature.
+        prior_scale : float or dict, optional
+            ``alpha_0 > 0``, the weight of the isotropic floor ``delta I``.
+        temperature : float or dict, optional
+            ``tau_0 > 0``, multiplies the prior covariance.
+        compression : {"nearest", "damped"}, optional
+            As in :func:`learn_prior`; None keeps this prior's.
+
+        Notes
+        -----
+        A float is shared by every group, a dict sets the groups it names; None (and groups a
+        dict leaves out) keep the current values, ``metadata["calibration"]``.
+
+        Returns
+        -------
+        KroneckerPrior
+            With the new scales in ``metadata["calibration"]`` (``scaling="reweighted"``; the
+            scales the prior was learned with in ``metadata["learned_calibration"]``), the new
+            ``compression``, and per layer ``metadata["nkp_error"]`` (relative Frobenius error of
+            the compression) and ``metadata["precision_exact"]``.
+
+        Raises
+        ------
+        ValueError
+            For a prior without source factors: from :meth:`KroneckerPosterior.as_prior`,
+            :func:`isotropic_prior`, ``learn_prior(kind="isotropic")`` or a file written before
+            the factors were stored.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        >>> prior = learn_prior(net, X, y, weight_decay=1e-2, progress=False)
+        >>> flat = prior.reweighted(likelihood_scale=0.0)
+        >>> flat.metadata["precision_exact"]["0"], flat.metadata["nkp_error"]["0"]
+        (True, 0.0)
+        >>> float(flat.groups["0"].precision.to_dense()[0, 0])  # alpha_0 delta
+        0.01
+        >>> prior.reweighted(likelihood_scale=0.1).metadata["calibration"]["likelihood_scale"]["0"]
+        0.1
+        """
+        if not self.reweightable:
+            kind = self.metadata.get("kind")
+            if kind == "kronecker":
+                why, fix = ("a learned prior without its source factors (a file written before they were stored)",
+                            "Re-learn the prior with learn_prior(...) and save it again; the new file keeps them.")
+            else:
+                why, fix = (f"a prior of kind {kind!r}, which has no source curvature",
+                            "Re-weighting needs a prior from learn_prior(kind='kronecker'); an isotropic prior "
+                            "is already the likelihood_scale=0 member of that family.")
+            raise ValueError(error_message("the prior re-weighted by KroneckerPrior.reweighted",
+                                           "a learned Kronecker prior that holds its source factors", why, fix))
+        compression = self.metadata.get("compression", "nearest") if compression is None else compression
+        if compression not in ("damped", "nearest"):
+            raise ValueError(error_message("compression", "'damped', 'nearest' or None", compression))
+        cal = self.metadata["calibration"]
+        names = list(self.groups)
+        new = {}
+        for key, value, zero in (("prior_scale", prior_scale, False), ("likelihood_scale", likelihood_scale, True),
+                                 ("temperature", temperature, False)):
+            current = {k: float(cal[key][k]) for k in names if k in cal[key]}
+            if value is None:
+                given = {}
+            elif isinstance(value, Mapping):
+                unknown = [k for k in value if k not in current]
+                if unknown:
+                    raise ValueError(error_message(f"the groups of {key}", f"among {list(current)[:8]}",
+                                                   f"unknown groups {unknown[:4]}",
+                                                   "Name the prior's groups (its layer and parameter names)."))
+                given = dict(value)
+            else:
+                given = {k: value for k in current}
+            for k, v in given.items():
+                v = float(v.detach()) if isinstance(v, torch.Tensor) else v
+                current[k] = check_positive(v, f"{key} of group '{k}'", allow_zero=zero)
+            new[key] = current
+        scales = {k: (new["prior_scale"][k], new["likelihood_scale"][k], new["temperature"][k])
+                  for k in new["prior_scale"]}
+        nkp_method = self.metadata.get("nkp_method", "gram")
+        groups, record = _learned_groups(self.groups.values(), self.source_factors, scales, self.weight_decay,
+                                         compression, nkp_method, self.head)
+        learned = self.metadata.get("learned_calibration", cal)
+        calibration = {**cal, "scaling": "reweighted", **new}
+        meta = {**self.metadata, "compression": compression, "calibration": calibration,
+                "learned_calibration": learned, **_approximation_record(record)}
+        for key in ("prior_scale", "likelihood_scale", "temperature"):
+            values = set(new[key].values())
+            meta[key] = values.pop() if len(values) == 1 else dict(new[key])
+        factor = float(self.metadata.get("prior_scale_factor", 1.0))
+        out = self._new(groups)
+        out.metadata = {**meta, "prior_scale_factor": 1.0}
+        return out.scaled(factor) if factor != 1.0 else out
 
     @property
     def head(self) -> str | None:
@@ -134,6 +261,7 @@ class KroneckerPrior(LayerwiseGaussian):
                 "the precisions of the prior file", "one precision of the prior family per group (no two-term form)",
                 f"two-term (posterior) precisions in groups {bad[:4]}",
                 "Compress a posterior with as_prior() before saving it as a prior."))
+        out.source_factors = _loaded_source_factors(out, state.get("source_factors"))
         return out
 
     def match(self, model: nn.Module, *, head: str | None = None) -> "KroneckerPrior":
@@ -181,7 +309,17 @@ class KroneckerPrior(LayerwiseGaussian):
                               "Use the architecture the prior was learned on; only the head "
                               f"(here '{head}') may change its shape.")
             )
-        return self._new(model_order(groups, model))
+        out = self._new(model_order(groups, model))
+        # a replaced head has no source curvature of its shape
+        out.source_factors = {k: F for k, F in self.source_factors.items() if out.groups.get(k) is self.groups.get(k)}
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """:meth:`LayerwiseGaussian.state` plus the source factors of a learned prior (format version 3)."""
+        out = super().state()
+        if self.source_factors:
+            out["source_factors"] = {k: {"G": F.G, "A": F.A} for k, F in self.source_factors.items()}
+        return out
 
 
 class KroneckerPosterior(LayerwiseGaussian):
@@ -313,6 +451,33 @@ class KroneckerPosterior(LayerwiseGaussian):
                     "head": self.prior.head, "weight_decay": self.prior.weight_decay,
                     "n_tasks": int(self.metadata.get("n_tasks", 1))}
         return KroneckerPrior(groups, metadata)
+
+
+def _loaded_source_factors(prior: KroneckerPrior, given: Any) -> dict[str, Kron]:
+    """The source factors of a prior file, validated (``{}`` for a file without them)."""
+    if given is None:
+        return {}
+    fix = "The file is corrupted or was edited; re-learn the prior and save it again."
+    if not isinstance(given, Mapping):
+        raise ValueError(error_message("source_factors in the prior file", "a dict per layer", type(given).__name__,
+                                       fix))
+    out: dict[str, Kron] = {}
+    for name, factors in given.items():
+        g = prior.groups.get(name)
+        if g is None or g.layer is None or not isinstance(factors, Mapping) or set(factors) != {"G", "A"}:
+            raise ValueError(error_message(f"source factors of {name!r} in the prior file",
+                                           "the factors G and A of one of the prior's Kronecker layers",
+                                           repr(name), fix))
+        G, A = factors["G"], factors["A"]
+        if not (isinstance(G, torch.Tensor) and isinstance(A, torch.Tensor)) or \
+                tuple(G.shape) != (g.layer.n, g.layer.n) or tuple(A.shape) != (g.layer.m, g.layer.m):
+            raise ValueError(error_message(f"source factors of layer {name!r} in the prior file",
+                                           f"tensors of shapes {(g.layer.n, g.layer.n)} and {(g.layer.m, g.layer.m)}",
+                                           f"{getattr(G, 'shape', G)} and {getattr(A, 'shape', A)}", fix))
+        F = Kron(G.to(torch.float64), A.to(torch.float64))
+        check_factors_definite(F, f"the source curvature of layer {name!r} in the prior file", semi=True)
+        out[name] = F
+    return out
 
 
 def _attach_loaded_prior(post: KroneckerPosterior, prior: KroneckerPrior, scales: Any) -> None:
@@ -553,7 +718,7 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     base_meta = {"weight_decay": wd, "head": head, "fingerprint": architecture_fingerprint(model),
                  "prior_scale": alpha0, "likelihood_scale": beta0, "temperature": tau0}
     if kind == "isotropic":
-        gauss = LayerwiseGaussian.isotropic(model, wd / alpha0, temperature=tau0)
+        gauss = LayerwiseGaussian.isotropic(model, alpha0 * wd, temperature=tau0)
         groups = [(zero_isotropic_layer_group(g.layer, g.parameter_shapes, wd, g.mean.device)
                    if g.name == head else g) for g in gauss]
         return KroneckerPrior(groups, {**base_meta, "kind": "isotropic", "n_source": None, "source_nll": None})
@@ -561,45 +726,87 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     if curvature is None:
         curvature = kfac(model, X, y, fisher=fisher, batch_size=batch_size, device=device,
                          generator=generator, progress=progress)
-    factors = curvature.factors
-    params = dict(model.named_parameters())
     scales, calibration_C = _calibrated_scales(model, curvature, scaling, wd, alpha0, beta0, tau0,
                                                per_layer=per_layer, objective=objective, delta=delta)
-    groups: list[GaussianGroup] = []
-    errors: dict[str, float] = {}
-    for name, layer in layers.items():
-        shapes = tuple(tuple(params[p].shape) for p in layer.parameter_names)
-        if name == head:
-            groups.append(zero_isotropic_layer_group(layer, shapes, wd, factors[name].device))
-            continue
-        a0, b0, t0 = scales[name]
-        F, _ = psd_projected(factors[name], getattr(curvature, "rounding", {}).get(name))
-        eye = Kron.identity(layer.n, layer.m, device=F.device)
-        total = KronSum([F, eye], [b0, a0 * wd])
-        if compression == "nearest":
-            prec = positive_definite_nearest(total, nkp_method, name)
-            errors[name] = float(total.nearest_error())
-        else:
-            prec = damped_kron(F, b0, a0 * wd)
-            errors[name] = float((total + prec * -1.0).frobenius_norm() / total.frobenius_norm())
-        mean = layer_matrix(params[layer.weight_name].detach(),
-                            params[layer.bias_name].detach() if layer.bias_name else None).to(torch.float64)
-        groups.append(GaussianGroup(name, layer.parameter_names, shapes, layer, mean.to(F.device), prec, t0))
-    for pname in uncovered_parameters(model, layers):
-        p = params[pname].detach()
-        a0, _, t0 = scales[pname]
-        groups.append(GaussianGroup(pname, (pname,), (tuple(p.shape),), None, p.reshape(-1).to(torch.float64),
-                                    IsotropicPrecision(a0 * wd, p.numel()), t0))
-    if errors:
-        logger.info("learn_prior: worst relative NKP error %.3g", max(errors.values()))
+    rounding = getattr(curvature, "rounding", {})
+    source = {name: psd_projected(curvature.factors[name], rounding.get(name))[0]
+              for name in layers if name != head}
+    templates = LayerwiseGaussian.isotropic(model, wd).groups.values()  # means at theta_s, float64
+    if head is not None:
+        device = curvature.factors[head].device
+        templates = [g.to(device) if g.name == head else g for g in templates]
     meta = {**base_meta, "kind": "kronecker", "n_source": int(curvature.n_samples),
             "source_nll": None if curvature.nll_sum is None else float(curvature.nll_sum),
-            "fisher": fisher, "compression": compression, "nkp_error": errors,
+            "fisher": fisher, "compression": compression, "nkp_method": nkp_method,
             "calibration": {"scaling": scaling, "per_layer": bool(per_layer), "catoni_C": calibration_C,
                             "prior_scale": {k: v[0] for k, v in scales.items()},
                             "likelihood_scale": {k: v[1] for k, v in scales.items()},
                             "temperature": {k: v[2] for k, v in scales.items()}}}
-    return KroneckerPrior(model_order(groups, model), meta)
+    groups, errors = _learned_groups(templates, source, scales, wd, compression, nkp_method, head)
+    if errors:
+        logger.info("learn_prior: worst relative NKP error %.3g", max(v[0] for v in errors.values()))
+    return KroneckerPrior(model_order(groups, model), {**meta, **_approximation_record(errors)},
+                          source_factors=source)
+
+
+def _compressed_precision(F: Kron, beta: float, floor: float, compression: str, nkp_method: str,
+                          name: str) -> tuple[Kron, float, bool]:
+    """``beta F + floor I`` as one Kronecker product: the product, its relative Frobenius error and
+    whether it is exact by construction (``beta = 0``: ``floor I`` itself, whatever the compression).
+
+    The one place where a learned prior's layer precision is formed (:func:`learn_prior` and
+    :meth:`KroneckerPrior.reweighted`).
+    """
+    if beta == 0.0:
+        eye_n = torch.eye(F.n, dtype=torch.float64, device=F.device)
+        return Kron(eye_n * floor, torch.eye(F.m, dtype=torch.float64, device=F.device)), 0.0, True
+    total = KronSum([F, Kron.identity(F.n, F.m, device=F.device)], [beta, floor])
+    if compression == "nearest":
+        return positive_definite_nearest(total, nkp_method, name), float(total.nearest_error()), False
+    prec = damped_kron(F, beta, floor)
+    return prec, float((total + prec * -1.0).frobenius_norm() / total.frobenius_norm()), False
+
+
+def _learned_groups(templates: Any, source: Mapping[str, Kron], scales: Mapping[str, tuple[float, float, float]],
+                    weight_decay: float, compression: str, nkp_method: str, head: str | None,
+                    ) -> tuple[list[GaussianGroup], dict[str, tuple[float, bool]]]:
+    """The groups of a learned prior at ``scales`` (``(alpha_0, beta_0, tau_0)`` per group name).
+
+    ``templates`` give each group's name, parameters, layer and mean (``theta_s``). A Kronecker
+    layer with source factors gets ``(beta_0 F_s + alpha_0 delta I)`` compressed
+    (:func:`_compressed_precision`) and temperature ``tau_0``; the ``head`` gets
+    ``N(0, delta^-1 I)``; a layer without source factors (a head replaced by
+    :meth:`KroneckerPrior.match`) is kept; every other parameter gets ``alpha_0 delta I``, ``tau_0``.
+    Returns the groups and, per compressed layer, ``(relative Frobenius error, exact)``.
+    """
+    groups: list[GaussianGroup] = []
+    record: dict[str, tuple[float, bool]] = {}
+    for g in templates:
+        if g.layer is not None:
+            if g.name == head:
+                groups.append(zero_isotropic_layer_group(g.layer, g.parameter_shapes, weight_decay, g.mean.device))
+                continue
+            if g.name not in source:
+                groups.append(g)
+                continue
+            a0, b0, t0 = scales[g.name]
+            F = source[g.name]
+            prec, error, exact = _compressed_precision(F, b0, a0 * weight_decay, compression, nkp_method, g.name)
+            record[g.name] = (error, exact)
+            groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer,
+                                        g.mean.to(device=F.device, dtype=torch.float64), prec, t0))
+        else:
+            a0, _, t0 = scales[g.name]
+            groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, None,
+                                        g.mean.to(torch.float64), IsotropicPrecision(a0 * weight_decay, g.dim), t0))
+    return groups, record
+
+
+def _approximation_record(record: Mapping[str, tuple[float, bool]]) -> dict[str, dict[str, Any]]:
+    """``metadata`` entries stating, per compressed layer, the relative Frobenius error of its
+    precision (``nkp_error``) and whether the precision is exact (``precision_exact``)."""
+    return {"nkp_error": {k: v[0] for k, v in record.items()},
+            "precision_exact": {k: v[1] for k, v in record.items()}}
 
 
 def _calibrated_scales(model: nn.Module, curvature: Any, scaling: str, weight_decay: float, alpha0: float,

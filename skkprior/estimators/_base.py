@@ -12,14 +12,14 @@ import inspect
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -210,7 +210,7 @@ class SeedStreams:
     """
 
     NAMES = ("init", "shuffle", "train", "split", "curvature", "validation", "predict", "earlier",
-             "select", "certify", "recertify", "prior_split", "select_subset")
+             "select", "certify", "recertify", "folds", "prior_split", "select_subset")
 
     def __init__(self, entropy: int) -> None:
         self.entropy = int(entropy)
@@ -266,6 +266,38 @@ def validation_split(X: np.ndarray, y: np.ndarray, fraction: float,
     logger.warning("scaling='validation': %d samples are too few to hold out a validation "
                    "set; the scales are chosen on the training data", len(y))
     return X, y, X, y
+
+
+# Multipliers of a learned prior's beta_0 (the weight of the source curvature) that scaling="cv"
+# scores; 0 is the isotropic prior with the learned mean (KroneckerPrior.reweighted).
+CV_SOURCE_WEIGHTS = (0.0, 0.01, 0.1, 1.0)
+
+
+def cv_folds(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``(train, held-out)`` index pairs of ``scaling="cv"``: stratified, shuffled by ``seed``.
+
+    ``min(cv, smallest class count)`` stratified folds when every class has at least two
+    examples (so 2-shot data give 2 folds, each holding out one example per class). When a
+    class has a single example (1-shot), no split keeps every class on both sides: then
+    ``min(cv, n)`` folds spread the classes evenly over the held-out folds (the stratified
+    assignment, each class in one fold), and a warning is logged: each held-out example's
+    class is absent from its fold's training data, so the score rewards hedged predictions.
+    """
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    if counts.min() >= 2:
+        splitter = StratifiedKFold(n_splits=min(int(cv), int(counts.min())), shuffle=True, random_state=seed)
+        return [(train, test) for train, test in splitter.split(np.zeros(len(y)), y)]
+    n_splits = min(int(cv), len(y))
+    logger.warning("scaling='cv': a class has a single example, so every held-out example's class is "
+                   "missing from its fold's training data (%d folds over %d examples); the cross-validated "
+                   "score then favours hedged predictions", n_splits, len(y))
+    # class-balanced: the examples class by class (classes and examples shuffled), dealt round-robin
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(np.flatnonzero(y == c)) for c in rng.permutation(np.unique(y))])
+    fold_of = np.empty(len(y), dtype=np.int64)
+    fold_of[order] = np.arange(len(y)) % n_splits
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_splits)]
 
 
 def scale_posterior(post: KroneckerPosterior, scaling: str, *, model: nn.Module, curvature: Curvature, n: int,
@@ -330,6 +362,9 @@ class TaskFit:
     curvature: Curvature
     laplace: KroneckerPosterior  # at the given scales: the hand-over to the next task
     posterior: KroneckerPosterior  # at the scales chosen by ``scaling``: the predictive's
+    prior: KroneckerPrior | None = None  # the prior trained under (scaling="cv": the chosen re-weighting)
+    cv_results: list[dict[str, Any]] = field(default_factory=list)  # scaling="cv": every grid point
+    scales: dict[str, Any] | None = None  # scaling="cv": the chosen grid point
 
 
 # --------------------------------------------------------------------------------------------
@@ -625,6 +660,11 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         alpha, beta, tau = self._given_scales()
         scaling = self._scaling()
         X = self._module_input(X, model)
+        if scaling == "cv":
+            if loss is not None or trained is not None:
+                raise ValueError(error_message(f"scaling of {type(self).__name__}", "not 'cv' (this estimator "
+                                               "trains its own criterion)", "'cv'", "Use scaling='validation'."))
+            return self._cross_validated_task(model, prior, X, y, task)
         X_fit, y_fit, X_val, y_val = X, y, X, y
         if scaling == "validation":
             X_fit, y_fit, X_val, y_val = validation_split(X, y, self.validation_fraction,
@@ -641,6 +681,72 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
                                  generator=self._seeds.generator("validation", task, device=self.device_),
                                  **self._pac_bayes_options())
         return TaskFit(history, curvature, laplace, scaled)
+
+    def _prior_weights(self, prior: KroneckerPrior) -> list[float | None]:
+        """The multipliers of the learned ``beta_0`` that ``scaling="cv"`` scores (``[None]``: the
+        prior as it is, for a prior that cannot be re-weighted, e.g. an isotropic one)."""
+        if not prior.reweightable:
+            return [None]
+        return [float(w) for w in self.source_weights]
+
+    def _weighted_prior(self, prior: KroneckerPrior, weight: float | None) -> KroneckerPrior:
+        """``prior`` with its source curvature weight ``beta_0`` multiplied by ``weight``."""
+        if weight is None or weight == 1.0:
+            return prior
+        learned = prior.metadata["calibration"]["likelihood_scale"]
+        return prior.reweighted(likelihood_scale={k: weight * float(v) for k, v in learned.items()
+                                                  if k in prior.groups})
+
+    def _cross_validated_task(self, model: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray,
+                              task: int) -> TaskFit:
+        """``scaling="cv"``: choose ``(source weight, alpha, tau)`` by k-fold cross-validation, refit on all data.
+
+        Per fold and per source weight: the MAP on the other folds under the re-weighted prior
+        (from ``model``'s starting weights), its curvature and Laplace posterior, and the
+        predictive NLL of every grid point on the held-out fold (:func:`tune_validation`, the
+        grid of ``scaling="validation"``; the held-out draws from stream ``validation`` at
+        ``(task, fold)``, common to all source weights). The grid point of the lowest NLL
+        averaged over the folds wins; the network is then trained on all data under its prior.
+        """
+        alpha, beta, tau = self._given_scales()
+        start = copy.deepcopy(model)
+        folds = cv_folds(y, self.cv, self._seeds.seed32("folds", task))
+        weights = self._prior_weights(prior)
+        priors = {i: self._weighted_prior(prior, w) for i, w in enumerate(weights)}
+        prior_scales = [alpha * g for g in VALIDATION_PRIOR_GRID]
+        temperatures = [tau * g for g in VALIDATION_TEMPERATURE_GRID]
+        scores = np.full((len(weights), len(prior_scales) * len(temperatures), len(folds)), np.inf)
+        for f, (train, held_out) in enumerate(folds):
+            for i in range(len(weights)):
+                module = copy.deepcopy(start)
+                self._train(module, X[train], y[train], self._map_loss(priors[i], len(train), alpha / beta), task)
+                module.eval()
+                curvature = self._curvature(module, X[train], y[train], task)
+                laplace = posterior(priors[i], curvature, module, prior_scale=alpha, likelihood_scale=beta,
+                                    temperature=tau)
+                result = tune_validation(laplace, module, torch.from_numpy(X[held_out]),
+                                         torch.from_numpy(y[held_out]), prior_scales=prior_scales,
+                                         temperatures=temperatures, n_samples=min(self.n_samples, 30),
+                                         generator=self._seeds.generator("validation", task, f, device=self.device_),
+                                         predictive="linearized" if self.predictive == "linearized" else "mc")
+                scores[i, :, f] = result.history
+        results = []
+        for i, w in enumerate(weights):
+            for j, (a, t) in enumerate((a, t) for a in prior_scales for t in temperatures):
+                results.append({"source_weight": w, "prior_scale": float(a), "likelihood_scale": float(beta),
+                                "temperature": float(t), "mean_nll": float(scores[i, j].mean()),
+                                "fold_nll": [float(v) for v in scores[i, j]]})
+        best = min(range(len(results)), key=lambda r: results[r]["mean_nll"])  # first of ties: grid order
+        choice = {k: results[best][k] for k in ("source_weight", "prior_scale", "likelihood_scale", "temperature")}
+        choice.update(mean_nll=results[best]["mean_nll"], n_folds=len(folds))
+        logger.info("scaling='cv': %d folds, %d source weights; chose %s", len(folds), len(weights), choice)
+        chosen = priors[weights.index(choice["source_weight"])]
+        history = self._train(model, X, y, self._map_loss(chosen, len(y), alpha / beta), task)
+        model.eval()
+        curvature = self._curvature(model, X, y, task)
+        laplace = posterior(chosen, curvature, model, prior_scale=alpha, likelihood_scale=beta, temperature=tau)
+        scaled = laplace.with_scales(prior_scale=choice["prior_scale"], temperature=choice["temperature"])
+        return TaskFit(history, curvature, laplace, scaled, chosen, results, choice)
 
     def _handover(self, post: KroneckerPosterior) -> KroneckerPrior:
         """The continual hand-over: the posterior at the *given* scales, compressed to a prior.

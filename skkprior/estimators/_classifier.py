@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from torch import nn
 
 from .._validation import error_message
 from ..laplace import KroneckerPrior
-from ._base import BaseKroneckerEstimator, OpenUnit, Options, Positive
+from ._base import CV_SOURCE_WEIGHTS, Anything, BaseKroneckerEstimator, OpenUnit, Options, Positive
 
 
 class KroneckerPriorClassifier(BaseKroneckerEstimator):
@@ -42,14 +44,32 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         ``beta``, multiplies the curvature (posterior) and the likelihood (MAP loss).
     temperature : float, default=1.0
         ``tau``, multiplies the posterior covariance (``< 1``: cold).
-    scaling : {"validation", "marglik", "pac-bayes", "fixed"}, default="validation"
+    scaling : {"validation", "cv", "marglik", "pac-bayes", "fixed"}, default="validation"
         How ``(alpha, beta, tau)`` are chosen after training: a grid (``alpha`` times 1, 10,
         100, 1000; ``tau`` times 1, 0.1, 0.01) scored by the predictive NLL on a held-out
-        ``validation_fraction``; ``alpha`` by the Laplace marginal likelihood (no held-out data;
-        pair it with ``predictive="linearized"``); the PAC-Bayes objective (Catoni); or as given.
-        See the concepts page.
+        ``validation_fraction`` (below about two examples per class on both sides it falls back,
+        with a warning, to the training data); the same grid scored by ``cv``-fold
+        cross-validation (``"cv"``, below); ``alpha`` by the Laplace marginal likelihood (no
+        held-out data; pair it with ``predictive="linearized"``); the PAC-Bayes objective
+        (Catoni); or as given. See the concepts page.
     validation_fraction : float, default=0.1
         Held-out fraction for ``scaling="validation"``.
+    cv : int, default=5
+        Folds of ``scaling="cv"``. Every grid point is scored by its predictive NLL on held-out
+        folds only, averaged over the folds; the best is refitted on all data. The grid is that
+        of ``"validation"`` (12 points) and, for a learned prior that can be re-weighted
+        (:meth:`~skkprior.laplace.KroneckerPrior.reweighted`), also the weight of the source
+        curvature in the prior, ``beta_0`` times each of ``source_weights`` (0: the isotropic
+        prior with the learned mean). An isotropic prior (or a continual hand-over) has no such
+        axis. Cost: ``k * len(source_weights)`` MAP fits, curvature passes and posteriors
+        (``k`` for a prior without the axis), ``12`` predictive evaluations on a held-out fold
+        each, and 1 refit. Folds are stratified and shuffled by ``random_state``, ``k =
+        min(cv, smallest class count)``; with a class of a single example (1-shot),
+        ``min(cv, n)`` folds that hold out each class once (that class is then missing from the
+        fold's training data; a warning is logged).
+    source_weights : sequence of float, default=(0.0, 0.01, 0.1, 1.0)
+        ``scaling="cv"`` with a re-weightable learned prior: the multipliers of its learned
+        ``beta_0`` that are scored (each needs a MAP fit per fold).
     fisher : {"mc", "exact", "empirical"}, default="mc"
         Fisher type of the curvature.
     curvature : {"kfac", "kfoc", "diag"}, default="kfac"
@@ -91,6 +111,13 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         Tasks learned so far (``fit`` resets to 1; each ``partial_fit`` adds one).
     history_ : list of dict
         skorch's training history of the last task.
+    cv_results_ : list of dict
+        ``scaling="cv"`` only: per grid point ``source_weight`` (None without the prior-weight
+        axis), ``prior_scale``, ``likelihood_scale``, ``temperature``, ``mean_nll`` and
+        ``fold_nll`` (the held-out NLL of each fold), of the last task.
+    scales_ : dict
+        ``scaling="cv"`` only: the chosen grid point (the keys of ``cv_results_`` but
+        ``fold_nll``, plus ``n_folds``); ``prior_`` is the prior at that source weight.
     random_seed_ : int
         Entropy of the seed streams.
     device_ : torch.device
@@ -106,6 +133,13 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
     True
     >>> clf.predict_proba(X[:2]).shape
     (2, 3)
+
+    Scales chosen by 3-fold cross-validation (the zero-mean isotropic prior: no source weight):
+
+    >>> clf = KroneckerPriorClassifier(scaling="cv", cv=3, max_epochs=10, n_samples=10, random_state=0,
+    ...                                device="cpu").fit(X, y)
+    >>> len(clf.cv_results_), clf.scales_["n_folds"], clf.scales_["source_weight"] is None
+    (12, 3, True)
     """
 
     _parameter_constraints = {
@@ -113,14 +147,20 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         "prior_scale": Positive(),
         "likelihood_scale": Positive(),
         "temperature": Positive(),
-        "scaling": Options("fixed", "marglik", "pac-bayes", "validation"),
+        "scaling": Options("fixed", "marglik", "pac-bayes", "validation", "cv"),
         "validation_fraction": OpenUnit(),
+        "cv": Anything("an integer >= 2", lambda v: isinstance(v, Integral) and not isinstance(v, bool) and v >= 2),
+        "source_weights": Anything("a non-empty sequence of finite numbers >= 0", lambda v: hasattr(v, "__len__")
+                                   and not isinstance(v, str) and len(v) > 0 and all(
+                                       isinstance(a, Real) and not isinstance(a, bool) and math.isfinite(a) and a >= 0
+                                       for a in v)),
     }
 
     def __init__(self, module: type[nn.Module] | nn.Module | None = None, *,
                  prior: KroneckerPrior | str | os.PathLike | None = None, weight_decay: float = 1.0,
                  prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
-                 scaling: str = "validation", validation_fraction: float = 0.1, fisher: str = "mc",
+                 scaling: str = "validation", validation_fraction: float = 0.1, cv: int = 5,
+                 source_weights: tuple[float, ...] = CV_SOURCE_WEIGHTS, fisher: str = "mc",
                  curvature: str = "kfac", predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30,
                  lr: float = 1e-2, batch_size: int = 64,
                  optimizer: type[torch.optim.Optimizer] = torch.optim.Adam, callbacks: list | None = None,
@@ -134,6 +174,8 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         self.temperature = temperature
         self.scaling = scaling
         self.validation_fraction = validation_fraction
+        self.cv = cv
+        self.source_weights = source_weights
         self.fisher = fisher
         self.curvature = curvature
         self.predictive = predictive
@@ -210,7 +252,13 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
             if first:  # no half-fitted estimator: check_is_fitted keeps failing
                 self._reset()
             raise
-        self.module_, self.prior_, self.posterior_, self.curvature_ = module, prior, fit.posterior, fit.curvature
+        self.module_, self.posterior_, self.curvature_ = module, fit.posterior, fit.curvature
+        self.prior_ = prior if fit.prior is None else fit.prior
         self.history_ = fit.history
+        if fit.scales is not None:
+            self.cv_results_, self.scales_ = fit.cv_results, fit.scales
+        else:  # another scaling on a later task: no stale selection
+            for key in ("cv_results_", "scales_"):
+                self.__dict__.pop(key, None)
         self.n_tasks_ += 1
         return self

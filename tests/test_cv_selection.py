@@ -1,0 +1,165 @@
+"""KroneckerPriorClassifier(scaling="cv"): scales (and a learned prior's source weight) by k-fold CV."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import skkprior.estimators._base as base
+from skkprior import KroneckerPriorClassifier, learn_prior
+from skkprior.estimators._base import VALIDATION_PRIOR_GRID, VALIDATION_TEMPERATURE_GRID, cv_folds
+from skkprior.networks import MLP
+
+GRID = len(VALIDATION_PRIOR_GRID) * len(VALIDATION_TEMPERATURE_GRID)
+FAST = {"module__hidden_sizes": (8,), "max_epochs": 40, "lr": 0.05, "batch_size": 32, "n_samples": 8,
+        "device": "cpu", "weight_decay": 0.01}
+
+
+def _blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[3.0, 0.0], [-1.5, 2.6], [-1.5, -2.6]])
+    X = np.concatenate([c + 0.6 * rng.standard_normal((n_per_class, 2)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(3), n_per_class)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def wrong_prior():
+    """A learned prior centred at a network that predicts the *wrong* class (labels rotated) with
+    confidence, made very strong (beta_0 = 1e7: precision ~1e7 per weight; no head named, so the whole
+    network is pinned to it)."""
+    X, y = _blobs(100, 1)
+    torch.manual_seed(0)
+    net = MLP(2, 3, hidden_sizes=(8,))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    wrong = torch.from_numpy((y + 1) % 3)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.from_numpy(X)), wrong).backward()
+        opt.step()
+    return learn_prior(net, torch.from_numpy(X), wrong, weight_decay=0.01, likelihood_scale=1e7, progress=False)
+
+
+def test_cv_drops_a_strong_wrong_prior(wrong_prior):
+    X, y = _blobs(20, 2)
+    clf = KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=3, source_weights=(0.0, 1.0),
+                                   random_state=0, **FAST).fit(X, y)
+    assert clf.scales_["source_weight"] == 0.0
+    # the prior trained under is the re-weighted one: the isotropic prior with the (wrong) learned mean
+    assert clf.prior_.metadata["calibration"]["likelihood_scale"]["net.0"] == 0.0
+    means = {w: min(r["mean_nll"] for r in clf.cv_results_ if r["source_weight"] == w) for w in (0.0, 1.0)}
+    assert means[0.0] < means[1.0] - 1.0, means  # by a margin, not by chance
+    X_test, y_test = _blobs(100, 3)
+    assert clf.score(X_test, y_test) > 0.9
+
+
+def test_chosen_scales_are_the_best_mean_nll(wrong_prior):
+    X, y = _blobs(6, 4)
+    clf = KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=3, source_weights=(0.0, 0.1, 1.0),
+                                   random_state=1, **FAST).fit(X, y)
+    res = clf.cv_results_
+    assert len(res) == 3 * GRID
+    for r in res:
+        assert len(r["fold_nll"]) == 3
+        assert r["mean_nll"] == pytest.approx(float(np.mean(r["fold_nll"])), rel=1e-12)
+    best = min(res, key=lambda r: r["mean_nll"])
+    for key in ("source_weight", "prior_scale", "likelihood_scale", "temperature", "mean_nll"):
+        assert clf.scales_[key] == best[key]
+    assert clf.scales_["n_folds"] == 3
+    # the predictive posterior is at the chosen scales
+    g = clf.posterior_.groups["net.0"]
+    assert float(g.temperature) == pytest.approx(best["temperature"], rel=1e-12)
+    assert float(g.precision.alpha) == pytest.approx(best["prior_scale"], rel=1e-12)
+
+
+def test_every_score_is_computed_on_held_out_data_only(wrong_prior, monkeypatch):
+    """Instrumented: each fold's MAP, curvature and posterior see only its training rows, and the
+    grid is scored only on the held-out rows; every example is held out exactly once per weight."""
+    X, y = _blobs(5, 5)
+    X = X + np.arange(len(y), dtype=np.float32)[:, None] * 1e-3  # rows identifiable by their values
+    rows = {tuple(x): i for i, x in enumerate(X)}
+
+    def ids(A) -> set[int]:
+        return {rows[tuple(a)] for a in np.asarray(A, dtype=np.float32)}
+
+    trained, scored = [], []
+    real_train, real_tune = base.BaseKroneckerEstimator._train, base.tune_validation
+
+    def spy_train(self, module, Xf, yf, loss, task):
+        trained.append(ids(Xf))
+        return real_train(self, module, Xf, yf, loss, task)
+
+    def spy_tune(post, model, X_val, y_val, **kw):
+        scored.append(ids(X_val.numpy()))
+        return real_tune(post, model, X_val, y_val, **kw)
+
+    monkeypatch.setattr(base.BaseKroneckerEstimator, "_train", spy_train)
+    monkeypatch.setattr(base, "tune_validation", spy_tune)
+    KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=5, source_weights=(0.0, 1.0), random_state=0,
+                             **{**FAST, "max_epochs": 3}).fit(X, y)
+    assert len(scored) == 5 * 2 and len(trained) == 5 * 2 + 1
+    for fit_rows, held_out in zip(trained[:-1], scored):
+        assert fit_rows.isdisjoint(held_out)
+        assert fit_rows | held_out == set(range(len(y)))
+    for w in range(2):
+        per_weight = scored[w::2]
+        assert sorted(i for s in per_weight for i in s) == list(range(len(y)))
+    assert trained[-1] == set(range(len(y)))  # the refit uses all data
+
+
+def test_cv_is_deterministic_under_random_state(wrong_prior):
+    X, y = _blobs(4, 6)
+    kw = dict(prior=wrong_prior, scaling="cv", cv=2, source_weights=(0.0, 1.0), random_state=7,
+              **{**FAST, "max_epochs": 10})
+    a = KroneckerPriorClassifier(MLP, **kw).fit(X, y)
+    b = KroneckerPriorClassifier(MLP, **kw).fit(X, y)
+    assert a.cv_results_ == b.cv_results_ and a.scales_ == b.scales_
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    c = KroneckerPriorClassifier(MLP, **{**kw, "random_state": 8}).fit(X, y)
+    assert c.cv_results_ != a.cv_results_
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+@pytest.mark.parametrize("learned", [True, False])
+def test_one_and_two_shot_data_run(wrong_prior, shots, learned, caplog):
+    X, y = _blobs(shots, 8)
+    prior = wrong_prior if learned else None
+    with caplog.at_level(logging.WARNING, logger="skkprior.estimators"):
+        clf = KroneckerPriorClassifier(MLP, prior=prior, scaling="cv", cv=5, source_weights=(0.0, 1.0),
+                                       random_state=0, **{**FAST, "max_epochs": 5}).fit(X, y)
+    assert clf.scales_["n_folds"] == (3 if shots == 1 else 2)
+    assert len(clf.cv_results_) == (2 if learned else 1) * GRID
+    if not learned:  # the zero-mean isotropic prior: no source-weight axis
+        assert {r["source_weight"] for r in clf.cv_results_} == {None}
+    assert ("single example" in caplog.text) == (shots == 1)
+    assert np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_cv_folds_are_stratified_and_partition_the_data():
+    y = np.repeat(np.arange(4), [3, 5, 7, 3])
+    folds = cv_folds(y, 5, seed=0)
+    assert len(folds) == 3  # the smallest class has 3 examples
+    held = np.concatenate([t for _, t in folds])
+    assert sorted(held) == list(range(len(y)))
+    for train, test in folds:
+        assert set(np.unique(y[test])) == set(range(4)) and set(np.unique(y[train])) == set(range(4))
+    # 1-shot: min(cv, n) folds, each example held out once, classes spread over the folds
+    y1 = np.arange(10)
+    folds1 = cv_folds(y1, 5, seed=0)
+    assert len(folds1) == 5 and all(len(t) == 2 for _, t in folds1)
+    assert sorted(np.concatenate([t for _, t in folds1])) == list(range(10))
+    # the split depends on the seed only
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds1, cv_folds(y1, 5, seed=0)))
+
+
+def test_cv_parameters_are_validated_and_listed():
+    clf = KroneckerPriorClassifier(scaling="cv", cv=4, source_weights=(0.0, 1.0))
+    assert clf.get_params()["cv"] == 4 and clf.get_params()["source_weights"] == (0.0, 1.0)
+    X, y = _blobs(3, 9)
+    for bad in ({"cv": 1}, {"cv": 2.5}, {"source_weights": ()}, {"source_weights": (-1.0,)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            KroneckerPriorClassifier(scaling="cv", device="cpu", **bad).fit(X, y)

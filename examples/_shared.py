@@ -27,6 +27,7 @@ import torch
 import skkprior
 from skkprior import KroneckerPrior, learn_prior
 from skkprior.datasets import cache_home, data_home, load_mnist, pretrained_mnist_cnn
+from skkprior.gaussian import FORMAT_VERSION
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -108,12 +109,13 @@ def prior_path(*, weight_decay: float, kind: str = "kronecker", n_source: int | 
     """Where :func:`mnist_prior` caches a prior: ``<cache home>/priors/<key>.pt``.
 
     The cache home is ``$SKKPRIOR_CACHE``, by default the data home
-    (:func:`skkprior.datasets.cache_home`); the key names the package version, so a prior
-    learned by another version of skkprior is never reused.
+    (:func:`skkprior.datasets.cache_home`); the key names the package version and the prior
+    file format, so a prior learned by another version (or stored without what a newer format
+    keeps, e.g. the source factors that :meth:`KroneckerPrior.reweighted` needs) is never reused.
     """
     tag = f"mnist_{kind}_wd{weight_decay:g}_n{n_source or 'all'}_{fisher}"
     tag += "" if kind == "isotropic" else f"_{compression}"
-    return cache_home() / "priors" / f"{tag}_skkprior-{skkprior.__version__}.pt"
+    return cache_home() / "priors" / f"{tag}_skkprior-{skkprior.__version__}_format{FORMAT_VERSION}.pt"
 
 
 def mnist_prior(*, weight_decay: float, kind: str = "kronecker", n_source: int | None = None,

@@ -28,7 +28,7 @@ from skkprior.curvature import kfac
 from skkprior.gaussian import LayerwiseGaussian
 from skkprior.laplace import isotropic_prior, posterior
 
-FAST = dict(max_epochs=4, n_samples=5, device="cpu", random_state=0)
+FAST = dict(max_epochs=4, n_samples=5, device="cpu", random_state=0, prior_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_prior_scale_grid_certifies_only_the_winner_with_fresh_draws(iris, monke
 def test_one_prior_scale_keeps_its_certificate(iris):
     """K = 1: nothing to select among priors; the certificate is the one of the fresh draws (unchanged)."""
     X, y = iris
-    est = PACBayesBoundEstimator(temperatures=[1.0], **FAST).fit(X, y)
+    est = PACBayesBoundEstimator(temperatures=[1.0], prior_scales=[1.0], **FAST).fit(X, y)
     assert est.certificate_.union_size == 1 and len(est.selection_) == 1
     assert est.certificate_.delta_mc == est.delta_mc
 

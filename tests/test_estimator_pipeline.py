@@ -59,8 +59,8 @@ def test_progressive_fit_equals_first_partial_fit(digits):
 def test_pac_bayes_fit_is_reproducible(iris):
     """No partial_fit (one certified task); the same random_state gives the same certificate."""
     X, y = iris
-    a = PACBayesBoundEstimator(temperatures=[1.0, 0.1], **FAST).fit(X, y)
-    b = PACBayesBoundEstimator(temperatures=[1.0, 0.1], **FAST).fit(X, y)
+    a = PACBayesBoundEstimator(temperatures=[1.0, 0.1], prior_fraction=0.0, prior_scales=[1.0], **FAST).fit(X, y)
+    b = PACBayesBoundEstimator(temperatures=[1.0, 0.1], prior_fraction=0.0, prior_scales=[1.0], **FAST).fit(X, y)
     assert a.bound_ == b.bound_ and same(a.predict_proba(X), b.predict_proba(X))
 
 
@@ -105,7 +105,7 @@ def test_estimators_draw_from_the_named_streams(iris, monkeypatch):
     assert ("init", 0) in asked and ("init", 1) not in asked  # the network is built once
     assert ("predict", 1) in asked
     asked.clear()
-    est = PACBayesBoundEstimator(temperatures=[1.0, 0.1], **FAST).fit(X, y)
+    est = PACBayesBoundEstimator(temperatures=[1.0, 0.1], prior_fraction=0.0, prior_scales=[1.0], **FAST).fit(X, y)
     est.certify(X, y)
     assert {("select", i) for i in range(4)} <= set(asked) and ("certify",) in asked and ("recertify",) in asked
 
@@ -123,7 +123,7 @@ def test_every_estimator_scales_through_scale_posterior(iris, digits, monkeypatc
     X, y = iris
     KroneckerPriorClassifier(scaling="validation", predictive="linearized", **FAST).fit(X, y)
     assert calls == [("validation", "linearized")]
-    PACBayesBoundEstimator(temperatures=[1.0], **FAST).fit(X, y)
+    PACBayesBoundEstimator(temperatures=[1.0], prior_fraction=0.0, prior_scales=[1.0], **FAST).fit(X, y)
     assert calls[1:] == [("pac-bayes", "mc")]
     Xd, yd = digits
     keep = np.isin(yd, [0, 1])
@@ -171,7 +171,8 @@ def test_classifier_with_diagonal_curvature(iris, scaling, predictive):
 
 def test_pac_bayes_with_diagonal_curvature_certifies(iris):
     X, y = iris
-    est = PACBayesBoundEstimator(curvature="diag", temperatures=[1.0, 0.1, 0.01], **{**FAST, "max_epochs": 15})
+    est = PACBayesBoundEstimator(curvature="diag", temperatures=[1.0, 0.1, 0.01], prior_fraction=0.0, prior_scales=[1.0],
+                                 **{**FAST, "max_epochs": 15})
     est.fit(X, y)
     assert all(isinstance(g.precision, DiagonalDecomposed) for g in est.posterior_)
     assert 0 < est.bound_ <= 1 and est.certificate_.protocol == "certificate"

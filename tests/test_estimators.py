@@ -20,6 +20,8 @@ from skkprior.laplace import isotropic_prior
 from skkprior.networks import MLP
 
 FAST = dict(max_epochs=15, n_samples=20, device="cpu", random_state=0)
+# PACBayesBoundEstimator with the prior as given and the whole data as bound data (no split, no grid)
+WHOLE = dict(prior_fraction=0.0, prior_scales=[1.0])
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +254,7 @@ def test_bad_data(iris):
 
 def test_pac_bayes_estimator_certifies(iris):
     X, y = iris
-    est = PACBayesBoundEstimator(**FAST).fit(X, y)
+    est = PACBayesBoundEstimator(**WHOLE, **FAST).fit(X, y)
     cert = est.certificate_
     assert cert.protocol == "certificate" and cert.n == len(y) and cert.m == len(y)
     assert 0 < est.bound_ <= 1 and est.bound_ >= cert.corrected_risk >= cert.empirical_gibbs_risk - 1e-12
@@ -266,7 +268,7 @@ def test_pac_bayes_estimator_certifies(iris):
 
 def test_pac_bayes_prior_grid_pays_union_bound(iris):
     X, y = iris
-    est = PACBayesBoundEstimator(prior_scales=[0.5, 1.0, 2.0], **FAST).fit(X, y)
+    est = PACBayesBoundEstimator(prior_fraction=0.0, prior_scales=[0.5, 1.0, 2.0], **FAST).fit(X, y)
     assert est.certificate_.union_size == 3
     assert est.prior_scale_ in (0.5, 1.0, 2.0)
 
@@ -281,7 +283,7 @@ def test_pac_bayes_falls_back_to_the_laplace_posterior_when_tuning_is_vacuous(ir
         return SimpleNamespace(posterior=post.with_scales(likelihood_scale=1e6))
 
     monkeypatch.setattr(estimators, "tune_pac_bayes", vacuous)
-    est = PACBayesBoundEstimator(**FAST).fit(*iris)
+    est = PACBayesBoundEstimator(**WHOLE, **FAST).fit(*iris)
     assert all(float(v) == 1.0 for v in est.posterior_.likelihood_scale.values())
     assert all(float(v) == 1.0 for v in est.posterior_.prior_scale.values())
     assert est.bound_ < 1.0
@@ -295,7 +297,7 @@ def test_pac_bayes_temperature_grid_and_paper_samples(iris, monkeypatch):
     X, y = iris
     monkeypatch.setattr(estimators, "tune_pac_bayes",
                         lambda post, **kw: SimpleNamespace(posterior=post.with_scales(temperature=0.2)))
-    est = PACBayesBoundEstimator(temperatures=[0.5], **FAST).fit(X, y)
+    est = PACBayesBoundEstimator(temperatures=[0.5], **WHOLE, **FAST).fit(X, y)
     # one multiplier: the certified posterior is a candidate (tau 0.2 or 1) at half its temperature
     taus = {float(v) for v in est.posterior_.temperature.values()}
     assert taus in ({0.1}, {0.5})
@@ -306,10 +308,10 @@ def test_pac_bayes_temperature_grid_and_paper_samples(iris, monkeypatch):
             PACBayesBoundEstimator(temperatures=bad, **FAST).fit(X, y)
 
 
-@pytest.mark.parametrize("objective", ["mcallester", "map"])
+@pytest.mark.parametrize("objective", ["mcallester", "map", "quadratic"])
 def test_pac_bayes_objectives(iris, objective):
     X, y = iris
-    est = PACBayesBoundEstimator(objective=objective, bound="mcallester", **FAST).fit(X, y)
+    est = PACBayesBoundEstimator(objective=objective, bound="mcallester", **WHOLE, **FAST).fit(X, y)
     assert 0 < est.bound_ <= 1
 
 

@@ -32,7 +32,8 @@ from skkprior.progressive import ProgressivePriorClassifier
 
 # tiny, fast settings (these tests check errors and round trips, not accuracy)
 FAST = dict(max_epochs=2, n_samples=5, device="cpu", random_state=0, scaling="fixed")
-PAC_FAST = dict(max_epochs=2, device="cpu", random_state=0, temperatures=[1.0])
+PAC_FAST = dict(max_epochs=2, device="cpu", random_state=0, temperatures=[1.0], prior_fraction=0.0,
+                prior_scales=[1.0])
 
 
 @pytest.fixture(scope="module")

@@ -109,11 +109,11 @@ def test_pac_bayes_estimator_skips_overflowing_candidates(iris):
     from skkprior.estimators import PACBayesBoundEstimator
 
     X, y = iris
-    est = PACBayesBoundEstimator(max_epochs=2, random_state=0, temperatures=(1.0, 1e300)).fit(X, y)
+    est = PACBayesBoundEstimator(max_epochs=2, random_state=0, temperatures=(1.0, 1e300), prior_scales=[1.0]).fit(X, y)
     assert max(float(t) for t in est.posterior_.temperature.values()) < 1e100
     assert np.isfinite(est.predict_proba(X)).all()
     with pytest.raises(ValueError, match="temperatures"):
-        PACBayesBoundEstimator(max_epochs=2, random_state=0, temperatures=(1e300,)).fit(X, y)
+        PACBayesBoundEstimator(max_epochs=2, random_state=0, temperatures=(1e300,), prior_scales=[1.0]).fit(X, y)
 
 
 # -- class 3: the PSD projection's tolerance follows the dtype and the accumulation ---------------------

@@ -363,15 +363,6 @@ class _LayerFactors:
             return (v2.sum(dim=-1, keepdim=True) * self.inv_lam).expand(h.shape[0], self.layer.n)
         return v2 @ self.inv_lam.T
 
-    def full_noise(self, z: torch.Tensor) -> torch.Tensor:
-        """``sqrt(tau) left (z * sqrt(inv_lam)) right^T`` for standard normal ``z`` of shape ``(B, n, m)``."""
-        x = z * self.inv_lam.sqrt()
-        if self.left is not None:
-            x = self.left @ x
-        if self.right is not None:
-            x = x @ self.right.T
-        return math.sqrt(self.tau) * x
-
 
 def _temperature(g: GaussianGroup) -> float:
     tau = float(g.temperature.detach()) if isinstance(g.temperature, torch.Tensor) else float(g.temperature)
@@ -856,35 +847,106 @@ def _fast_path_problem(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Te
     return None
 
 
+@dataclass
+class _DrawFactors:
+    r"""A layer's posterior factors for the Gibbs draws, in the network's dtype (``dtype``).
+
+    ``Cov(vec_row [W | b]) = (left (x) right) diag(sd^2) (left (x) right)^T`` with
+    ``sd = sqrt(tau inv_lam)``; for the Linear output variances ``sd^2 = c_i r_ij`` with
+    ``c_i = max_j sd_ij^2`` and ``r_ij`` in ``[0, 1]``, so no intermediate overflows the dtype
+    before the variance itself does.
+    """
+
+    left: torch.Tensor | None       # (n, n)
+    right_T: torch.Tensor | None    # (m, m), right^T
+    right: torch.Tensor | None      # (m, m)
+    sd: torch.Tensor                # (n, m) or 0-d
+    row_scale: torch.Tensor         # (n,) or 0-d: sqrt(c_i)
+    ratio: torch.Tensor             # (n, m) or 0-d: r_ij
+    mean: torch.Tensor              # (n, m)
+
+    @classmethod
+    def of(cls, f: _LayerFactors, dtype: torch.dtype) -> "_DrawFactors":
+        """Cast once per call; the decompositions behind ``f`` stay float64."""
+        var = f.tau * f.inv_lam                                   # float64
+        if var.ndim == 0:
+            c, ratio = var, torch.ones((), dtype=_F64, device=var.device)
+        else:
+            c = var.amax(dim=1)
+            ratio = var / torch.where(c > 0, c, 1.0)[:, None]
+
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dtype).contiguous()
+
+        return cls(cast(f.left), cast(None if f.right is None else f.right.T), cast(f.right),
+                   var.sqrt().to(dtype), c.sqrt().to(dtype), ratio.to(dtype), f.mean.to(dtype))
+
+    def output_noise(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``left (s * z)``, ``s_i = sqrt(sum_j (right^T h)_j^2 sd_ij^2)``, for ``h`` ``(B, m)``, ``z`` ``(B, n)``."""
+        v = h if self.right is None else h @ self.right
+        if self.ratio.ndim == 0:
+            s = torch.linalg.vector_norm(v, dim=-1, keepdim=True) * self.row_scale
+        else:
+            s = (v * v) @ self.ratio.T
+            s = s.sqrt_().mul_(self.row_scale)
+        z = z.mul_(s)
+        return z if self.left is None else z @ self.left.T
+
+    def weights(self, z: torch.Tensor) -> torch.Tensor:
+        """``mean + left (z * sd) right^T`` for standard normal ``z`` of shape ``(B, n, m)`` (overwritten)."""
+        x = z.mul_(self.sd)
+        if self.right_T is not None:
+            x = x @ self.right_T                  # one (B n, m) x (m, m) product
+        if self.left is not None:
+            x = torch.matmul(self.left, x)        # (n, n) x (B, n, m)
+        return x.add_(self.mean)
+
+
 def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,
                 generator: torch.Generator | None, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of one pass, a fresh draw per example, by hooks on the Linear/Conv2d layers.
+
+    Draws and per-example products are in the network's dtype (module notes, "Precision").
+    A Conv2d module is handed an empty batch by a pre-hook (its mean convolution would be
+    discarded), and the forward hook convolves the stashed input with the per-example weights.
+    """
+    dtype = runner.dtype
     layers = [_layer_factors(runner.model, g, runner.device) for g in gaussian]
+    draws = {id(f.module): _DrawFactors.of(f, dtype) for f in layers}
     draw_device = gaussian.device
 
     def normal(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=_F64, device=draw_device).to(runner.device)
+        return torch.randn(shape, generator=generator, dtype=dtype, device=draw_device).to(runner.device)
 
-    def make_hook(f: _LayerFactors) -> Callable:
+    def hooks(f: _LayerFactors) -> list[Callable[[], Any]]:
+        d = draws[id(f.module)]
+        stash: list[torch.Tensor] = []
+
         def linear_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            h = inputs[0].to(_F64)
+            h = inputs[0].to(dtype)
             if f.layer.has_bias:
                 h = _with_ones(h)
-            s = f.output_variances(h).sqrt()                            # (B, n)
-            noise = math.sqrt(f.tau) * f.project_rows_T(s * normal(h.shape[0], f.layer.n))
-            return output + noise.to(output.dtype)
+            return output + d.output_noise(h, normal(h.shape[0], f.layer.n)).to(output.dtype)
+
+        def conv_pre_hook(module: nn.Conv2d, inputs: tuple) -> tuple:
+            stash.append(inputs[0])
+            return (inputs[0][:0], *inputs[1:])
 
         def conv_hook(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
+            x = stash.pop()
             B = x.shape[0]
-            Wb = (f.mean + f.full_noise(normal(B, f.layer.n, f.layer.m))).to(output.dtype)
+            Wb = d.weights(normal(B, f.layer.n, f.layer.m)).to(output.dtype)
             w, b = split_layer_matrix(Wb, f.layer)
             if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
                 b = module.bias.detach().to(output.dtype).expand(B, -1)
             return _per_example_conv(module, x, w, b)
 
-        return conv_hook if isinstance(f.module, nn.Conv2d) else linear_hook
+        if isinstance(f.module, nn.Conv2d):
+            return [lambda: f.module.register_forward_pre_hook(conv_pre_hook),
+                    lambda: f.module.register_forward_hook(conv_hook)]
+        return [lambda: f.module.register_forward_hook(linear_hook)]
 
-    regs = [(lambda f=f: f.module.register_forward_hook(make_hook(f))) for f in layers]
+    regs = [reg for f in layers for reg in hooks(f)]
     out = []
     with torch.no_grad(), _hooks(regs):
         for start, stop in _batches(X.shape[0], batch_size):

@@ -91,6 +91,9 @@ logger = logging.getLogger(__name__)
 _F64 = torch.float64
 # Bound on the elements of the per-example intermediates (Jacobians, sampled parameter sets).
 _CHUNK_ELEMENTS = 1 << 22
+# Examples per grouped convolution of the Gibbs fast path (measured on CPU: 16 to 128 groups run
+# about as fast as the ordinary convolution of the batch, a thousand groups twice as slow).
+_CONV_CHUNK = 64
 
 
 class NonFiniteLogits(ValueError):
@@ -427,11 +430,18 @@ def _patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def _per_example_conv(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
-    """Convolve example ``b`` with ``weight[b]`` (``(B, C_out, C_in, kh, kw)``) as one grouped conv."""
+    """Convolve example ``b`` with ``weight[b]`` (``(B, C_out, C_in, kh, kw)``) as one grouped conv.
+
+    Zero padding is left to the convolution (no padded copy of the input); other padding modes
+    pad first.
+    """
     B, c_in = x.shape[0], x.shape[1]
-    xp = _padded(module, x)
-    out = F.conv2d(xp.reshape(1, B * c_in, *xp.shape[-2:]), weight.reshape(-1, *weight.shape[2:]),
-                   None if bias is None else bias.reshape(-1), stride=module.stride, padding=0,
+    if module.padding_mode == "zeros":
+        padding: Any = module.padding
+    else:
+        x, padding = _padded(module, x), 0
+    out = F.conv2d(x.reshape(1, B * c_in, *x.shape[-2:]), weight.reshape(-1, *weight.shape[2:]),
+                   None if bias is None else bias.reshape(-1), stride=module.stride, padding=padding,
                    dilation=module.dilation, groups=B)
     return out.reshape(B, -1, *out.shape[-2:])
 
@@ -935,11 +945,21 @@ def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, b
         def conv_hook(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             x = stash.pop()
             B = x.shape[0]
-            Wb = d.weights(normal(B, f.layer.n, f.layer.m)).to(output.dtype)
-            w, b = split_layer_matrix(Wb, f.layer)
-            if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
-                b = module.bias.detach().to(output.dtype).expand(B, -1)
-            return _per_example_conv(module, x, w, b)
+            out = None
+            # chunks of examples: the draws of a chunk stay in cache, and a grouped convolution
+            # of a few dozen groups runs at the speed of an ordinary one (hundreds do not)
+            for start, stop in _batches(B, _CONV_CHUNK):
+                Wb = d.weights(normal(stop - start, f.layer.n, f.layer.m)).to(output.dtype)
+                w, b = split_layer_matrix(Wb, f.layer)
+                if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
+                    b = module.bias.detach().to(output.dtype).expand(stop - start, -1)
+                y = _per_example_conv(module, x[start:stop], w, b)
+                if out is None:
+                    if stop == B:
+                        return y
+                    out = y.new_empty((B, *y.shape[1:]))
+                out[start:stop] = y
+            return out
 
         if isinstance(f.module, nn.Conv2d):
             return [lambda: f.module.register_forward_pre_hook(conv_pre_hook),

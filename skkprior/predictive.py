@@ -91,9 +91,11 @@ logger = logging.getLogger(__name__)
 _F64 = torch.float64
 # Bound on the elements of the per-example intermediates (Jacobians, sampled parameter sets).
 _CHUNK_ELEMENTS = 1 << 22
-# Examples per grouped convolution of the Gibbs fast path (measured on CPU: 16 to 128 groups run
-# about as fast as the ordinary convolution of the batch, a thousand groups twice as slow).
-_CONV_CHUNK = 64
+# Elements of the per-example weights drawn at once for a Conv2d layer in the Gibbs fast path
+# (4 MiB in float32): the draws stay in cache, and the grouped convolution of a chunk (64 groups
+# for a 64 x 289 layer) runs about as fast as the ordinary convolution of the same examples, where
+# a thousand groups run at half that speed (measured on CPU).
+_CONV_CHUNK_ELEMENTS = 1 << 20
 
 
 class NonFiniteLogits(ValueError):
@@ -868,7 +870,6 @@ class _DrawFactors:
     """
 
     left: torch.Tensor | None       # (n, n)
-    right_T: torch.Tensor | None    # (m, m), right^T
     right: torch.Tensor | None      # (m, m)
     sd: torch.Tensor                # (n, m) or 0-d
     row_scale: torch.Tensor         # (n,) or 0-d: sqrt(c_i)
@@ -888,8 +889,8 @@ class _DrawFactors:
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(dtype).contiguous()
 
-        return cls(cast(f.left), cast(None if f.right is None else f.right.T), cast(f.right),
-                   var.sqrt().to(dtype), c.sqrt().to(dtype), ratio.to(dtype), f.mean.to(dtype))
+        return cls(cast(f.left), cast(f.right), var.sqrt().to(dtype), c.sqrt().to(dtype), ratio.to(dtype),
+                   f.mean.to(dtype))
 
     def output_noise(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``left (s * z)``, ``s_i = sqrt(sum_j (right^T h)_j^2 sd_ij^2)``, for ``h`` ``(B, m)``, ``z`` ``(B, n)``."""
@@ -905,16 +906,17 @@ class _DrawFactors:
     def weights(self, z: torch.Tensor) -> torch.Tensor:
         """``mean + left (z * sd) right^T`` for standard normal ``z`` of shape ``(B, n, m)`` (overwritten)."""
         x = z.mul_(self.sd)
-        if self.right_T is not None:
-            x = x @ self.right_T                  # one (B n, m) x (m, m) product
+        if self.right is not None:
+            x = x @ self.right.T                  # one (B n, m) x (m, m) product
         if self.left is not None:
             x = torch.matmul(self.left, x)        # (n, n) x (B, n, m)
         return x.add_(self.mean)
 
 
 def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,
-                generator: torch.Generator | None, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of one pass, a fresh draw per example, by hooks on the Linear/Conv2d layers.
+                generator: torch.Generator | None, params: Mapping[str, torch.Tensor], passes: int,
+                reduce: Callable[[torch.Tensor], Any]) -> list[Any]:
+    """``reduce(logits)`` per pass, a fresh draw per example, by hooks on the Linear/Conv2d layers.
 
     Draws and per-example products are in the network's dtype (module notes, "Precision").
     A Conv2d module is handed an empty batch by a pre-hook (its mean convolution would be
@@ -948,7 +950,7 @@ def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, b
             out = None
             # chunks of examples: the draws of a chunk stay in cache, and a grouped convolution
             # of a few dozen groups runs at the speed of an ordinary one (hundreds do not)
-            for start, stop in _batches(B, _CONV_CHUNK):
+            for start, stop in _batches(B, max(1, _CONV_CHUNK_ELEMENTS // (f.layer.n * f.layer.m))):
                 Wb = d.weights(normal(stop - start, f.layer.n, f.layer.m)).to(output.dtype)
                 w, b = split_layer_matrix(Wb, f.layer)
                 if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
@@ -967,11 +969,12 @@ def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, b
         return [lambda: f.module.register_forward_hook(linear_hook)]
 
     regs = [reg for f in layers for reg in hooks(f)]
-    out = []
+    results = []
     with torch.no_grad(), _hooks(regs):
-        for start, stop in _batches(X.shape[0], batch_size):
-            out.append(runner(params, runner.batch(X, start, stop)))
-    return torch.cat(out)
+        for _ in range(passes):
+            out = [runner(params, runner.batch(X, start, stop)) for start, stop in _batches(X.shape[0], batch_size)]
+            results.append(reduce(torch.cat(out)))
+    return results
 
 
 def _gibbs_general(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,
@@ -1082,7 +1085,7 @@ def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor
                             "set per example", problem)
         if method == "general" or problem is not None:
             return [reduce(_gibbs_general(runner, gaussian, X, batch_size, generator)) for _ in range(passes)]
-        return [reduce(_gibbs_fast(runner, gaussian, X, batch_size, generator, params)) for _ in range(passes)]
+        return _gibbs_fast(runner, gaussian, X, batch_size, generator, params, passes, reduce)
 
 
 def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: Any, *, passes: int = 1,

@@ -51,12 +51,32 @@ For a Linear layer applied once per example to a 2-D input ``h`` (``h~`` bias-au
 ``W h~`` with ``W ~ N(M, Sigma)`` has the exact per-example distribution
 ``M h~ + sqrt(tau) L (s * z)``, ``s_i^2 = sum_j (R^T h~)_j^2 / Lambda_ij``, ``z ~ N(0, I_n)``,
 at ``O(m^2 + n m)`` per example instead of drawing an ``n x m`` weight. A Conv2d layer draws a
-full weight per example and applies the per-example weights as one grouped convolution
-(``groups`` = batch). When a group is neither (isotropic parameters such as LayerNorm's), a
-layer is called more than once per forward pass (its draw would have to be shared between
-calls), or a Linear input is not 2-D, the general path draws one full parameter set per example
-and evaluates ``vmap(functional_call)`` over (parameters, input) jointly. Both give the same
-distribution of predictions.
+full weight per example, ``M + sqrt(tau) L (Z * Lambda^-1/2) R^T`` (``O(n m^2 + n^2 m)``, the
+``R^T`` product one matrix product for all examples), and applies the per-example weights as
+grouped convolutions (``groups`` = examples) over chunks of a few dozen examples; the module's
+own convolution at the mean is skipped (it receives an empty batch). Per example the
+convolution costs what the ordinary one does; im2col (``F.unfold``) with the mean convolution
+plus a batched product for the noise costs the same products and was measured slower on CPU
+(the unfolded patches of a 32-channel layer are 9 times its input). When a group is neither
+(isotropic parameters such as LayerNorm's), a layer is called more than once per forward pass
+(its draw would have to be shared between calls), or a Linear input is not 2-D, the general
+path draws one full parameter set per example and evaluates ``vmap(functional_call)`` over
+(parameters, input) jointly. Both give the same distribution of predictions.
+
+Precision of the draws
+----------------------
+The fast path forms the normals and the per-example products in the network's dtype (float32
+for a float32 network); the posterior factors ``L``, ``R``, ``Lambda`` come from float64
+decompositions and are rounded to that dtype once per call. The draws stay exact samples of
+``Q`` up to rounding in the network's dtype: the normals are float64 Box-Muller normals rounded
+(from float64 uniforms; float32 ``torch.randn`` would cut the tails at 5.8 standard
+deviations), and the products' rounding errors are of the order of those of the forward pass
+``W h`` with a float32 weight, which every path (the general path's vmapped forward too) makes
+anyway. The variances ``s_i^2`` are computed as ``c_i sum_j v_j^2 r_ij`` with
+``c_i = max_j tau / Lambda_ij`` and ``r_ij <= 1``, so no intermediate overflows before the
+variance itself does. The Gibbs error count is a Monte-Carlo estimate over independent draws;
+rounding of this order changes a prediction only where two logits tie to within the network's
+own rounding.
 """
 
 from __future__ import annotations
@@ -859,6 +879,30 @@ def _fast_path_problem(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Te
     return None
 
 
+def _standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+    """Standard normals in ``dtype`` that are float64 normals rounded (module notes, "Precision of the draws").
+
+    float64: ``torch.randn``. Otherwise Box-Muller from float64 uniforms: the radius
+    ``sqrt(-2 log(1 - u))`` in float64 (53-bit uniforms reach ``8.6`` standard deviations), rounded
+    to ``dtype`` with the angle ``2 pi v``; cosine and sine in ``dtype`` (errors of a few units
+    in the last place). ``torch.randn`` in float32 draws 24-bit uniforms: its radius stops at
+    ``5.8`` (a mass of ``2^-24`` per pair is missing, ``5e-4`` over an example's 18,000 normals
+    in the MNIST CNN), which is not a rounding error.
+    """
+    if dtype == _F64:
+        return torch.randn(shape, generator=generator, dtype=_F64, device=device)
+    numel = math.prod(shape)
+    half = (numel + 1) // 2
+    u = torch.rand((2, half), generator=generator, dtype=_F64, device=device)
+    radius = u[0].neg_().log1p_().mul_(-2.0).sqrt_().to(dtype)
+    angle = u[1].mul_(2.0 * math.pi).to(dtype)
+    out = torch.empty(2 * half, dtype=dtype, device=device)
+    torch.mul(radius, torch.cos(angle), out=out[:half])
+    torch.mul(radius, angle.sin_(), out=out[half:])
+    return out[:numel].view(shape)
+
+
 @dataclass
 class _DrawFactors:
     r"""A layer's posterior factors for the Gibbs draws, in the network's dtype (``dtype``).
@@ -928,7 +972,7 @@ def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, b
     draw_device = gaussian.device
 
     def normal(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=dtype, device=draw_device).to(runner.device)
+        return _standard_normal(shape, generator, dtype, draw_device).to(runner.device)
 
     def hooks(f: _LayerFactors) -> list[Callable[[], Any]]:
         d = draws[id(f.module)]
@@ -1018,8 +1062,9 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
         Examples per forward pass (the general path uses smaller chunks for large networks).
     method : {"auto", "fast", "general"}, default="auto"
         ``"fast"``: exact per-example output noise for Linear layers and per-example weights
-        with a grouped convolution for Conv2d layers (module notes); applies when every group
-        is a Linear/Conv2d layer called once per forward pass (2-D Linear inputs).
+        with grouped convolutions for Conv2d layers, drawn in the network's dtype (module
+        notes); applies when every group is a Linear/Conv2d layer called once per forward
+        pass (2-D Linear inputs).
         ``"general"``: one full parameter set per example, ``vmap(functional_call)``.
         ``"auto"``: the fast path when it applies.
     device : torch.device or str, optional

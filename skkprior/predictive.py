@@ -952,9 +952,9 @@ class _DrawFactors:
         x = z.mul_(self.sd)
         if self.right is not None:
             x = x @ self.right.T                  # one (B n, m) x (m, m) product
-        if self.left is not None:
-            x = torch.matmul(self.left, x)        # (n, n) x (B, n, m)
-        return x.add_(self.mean)
+        if self.left is None:
+            return x.add_(self.mean)
+        return torch.baddbmm(self.mean.expand(x.shape), self.left.expand(x.shape[0], -1, -1), x)
 
 
 def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,

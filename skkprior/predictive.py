@@ -51,12 +51,32 @@ For a Linear layer applied once per example to a 2-D input ``h`` (``h~`` bias-au
 ``W h~`` with ``W ~ N(M, Sigma)`` has the exact per-example distribution
 ``M h~ + sqrt(tau) L (s * z)``, ``s_i^2 = sum_j (R^T h~)_j^2 / Lambda_ij``, ``z ~ N(0, I_n)``,
 at ``O(m^2 + n m)`` per example instead of drawing an ``n x m`` weight. A Conv2d layer draws a
-full weight per example and applies the per-example weights as one grouped convolution
-(``groups`` = batch). When a group is neither (isotropic parameters such as LayerNorm's), a
-layer is called more than once per forward pass (its draw would have to be shared between
-calls), or a Linear input is not 2-D, the general path draws one full parameter set per example
-and evaluates ``vmap(functional_call)`` over (parameters, input) jointly. Both give the same
-distribution of predictions.
+full weight per example, ``M + sqrt(tau) L (Z * Lambda^-1/2) R^T`` (``O(n m^2 + n^2 m)``, the
+``R^T`` product one matrix product for all examples), and applies the per-example weights as
+grouped convolutions (``groups`` = examples) over chunks of a few dozen examples; the module's
+own convolution at the mean is skipped (it receives an empty batch). Per example the
+convolution costs what the ordinary one does; im2col (``F.unfold``) with the mean convolution
+plus a batched product for the noise costs the same products and was measured slower on CPU
+(the unfolded patches of a 32-channel layer are 9 times its input). When a group is neither
+(isotropic parameters such as LayerNorm's), a layer is called more than once per forward pass
+(its draw would have to be shared between calls), or a Linear input is not 2-D, the general
+path draws one full parameter set per example and evaluates ``vmap(functional_call)`` over
+(parameters, input) jointly. Both give the same distribution of predictions.
+
+Precision of the draws
+----------------------
+The fast path forms the normals and the per-example products in the network's dtype (float32
+for a float32 network); the posterior factors ``L``, ``R``, ``Lambda`` come from float64
+decompositions and are rounded to that dtype once per call. The draws stay exact samples of
+``Q`` up to rounding in the network's dtype: the normals are float64 Box-Muller normals rounded
+(from float64 uniforms; float32 ``torch.randn`` would cut the tails at 5.8 standard
+deviations), and the products' rounding errors are of the order of those of the forward pass
+``W h`` with a float32 weight, which every path (the general path's vmapped forward too) makes
+anyway. The variances ``s_i^2`` are computed as ``c_i sum_j v_j^2 r_ij`` with
+``c_i = max_j tau / Lambda_ij`` and ``r_ij <= 1``, so no intermediate overflows before the
+variance itself does. The Gibbs error count is a Monte-Carlo estimate over independent draws;
+rounding of this order changes a prediction only where two logits tie to within the network's
+own rounding.
 """
 
 from __future__ import annotations
@@ -91,6 +111,11 @@ logger = logging.getLogger(__name__)
 _F64 = torch.float64
 # Bound on the elements of the per-example intermediates (Jacobians, sampled parameter sets).
 _CHUNK_ELEMENTS = 1 << 22
+# Elements of the per-example weights drawn at once for a Conv2d layer in the Gibbs fast path
+# (4 MiB in float32): the draws stay in cache, and the grouped convolution of a chunk (64 groups
+# for a 64 x 289 layer) runs about as fast as the ordinary convolution of the same examples, where
+# a thousand groups run at half that speed (measured on CPU).
+_CONV_CHUNK_ELEMENTS = 1 << 20
 
 
 class NonFiniteLogits(ValueError):
@@ -363,15 +388,6 @@ class _LayerFactors:
             return (v2.sum(dim=-1, keepdim=True) * self.inv_lam).expand(h.shape[0], self.layer.n)
         return v2 @ self.inv_lam.T
 
-    def full_noise(self, z: torch.Tensor) -> torch.Tensor:
-        """``sqrt(tau) left (z * sqrt(inv_lam)) right^T`` for standard normal ``z`` of shape ``(B, n, m)``."""
-        x = z * self.inv_lam.sqrt()
-        if self.left is not None:
-            x = self.left @ x
-        if self.right is not None:
-            x = x @ self.right.T
-        return math.sqrt(self.tau) * x
-
 
 def _temperature(g: GaussianGroup) -> float:
     tau = float(g.temperature.detach()) if isinstance(g.temperature, torch.Tensor) else float(g.temperature)
@@ -436,11 +452,18 @@ def _patches(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 def _per_example_conv(module: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
-    """Convolve example ``b`` with ``weight[b]`` (``(B, C_out, C_in, kh, kw)``) as one grouped conv."""
+    """Convolve example ``b`` with ``weight[b]`` (``(B, C_out, C_in, kh, kw)``) as one grouped conv.
+
+    Zero padding is left to the convolution (no padded copy of the input); other padding modes
+    pad first.
+    """
     B, c_in = x.shape[0], x.shape[1]
-    xp = _padded(module, x)
-    out = F.conv2d(xp.reshape(1, B * c_in, *xp.shape[-2:]), weight.reshape(-1, *weight.shape[2:]),
-                   None if bias is None else bias.reshape(-1), stride=module.stride, padding=0,
+    if module.padding_mode == "zeros":
+        padding: Any = module.padding
+    else:
+        x, padding = _padded(module, x), 0
+    out = F.conv2d(x.reshape(1, B * c_in, *x.shape[-2:]), weight.reshape(-1, *weight.shape[2:]),
+                   None if bias is None else bias.reshape(-1), stride=module.stride, padding=padding,
                    dilation=module.dilation, groups=B)
     return out.reshape(B, -1, *out.shape[-2:])
 
@@ -856,40 +879,146 @@ def _fast_path_problem(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Te
     return None
 
 
+def _standard_normal(shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+    """Standard normals in ``dtype`` that are float64 normals rounded (module notes, "Precision of the draws").
+
+    float64: ``torch.randn``. Otherwise Box-Muller from float64 uniforms: the radius
+    ``sqrt(-2 log(1 - u))`` in float64 (53-bit uniforms reach ``8.6`` standard deviations), rounded
+    to ``dtype`` with the angle ``2 pi v``; cosine and sine in ``dtype`` (errors of a few units
+    in the last place). ``torch.randn`` in float32 draws 24-bit uniforms: its radius stops at
+    ``5.8`` (a mass of ``2^-24`` per pair is missing, ``5e-4`` over an example's 18,000 normals
+    in the MNIST CNN), which is not a rounding error.
+    """
+    if dtype == _F64:
+        return torch.randn(shape, generator=generator, dtype=_F64, device=device)
+    numel = math.prod(shape)
+    half = (numel + 1) // 2
+    u = torch.rand((2, half), generator=generator, dtype=_F64, device=device)
+    radius = u[0].neg_().log1p_().mul_(-2.0).sqrt_().to(dtype)
+    angle = u[1].mul_(2.0 * math.pi).to(dtype)
+    out = torch.empty(2 * half, dtype=dtype, device=device)
+    torch.mul(radius, torch.cos(angle), out=out[:half])
+    torch.mul(radius, angle.sin_(), out=out[half:])
+    return out[:numel].view(shape)
+
+
+@dataclass
+class _DrawFactors:
+    r"""A layer's posterior factors for the Gibbs draws, in the network's dtype (``dtype``).
+
+    ``Cov(vec_row [W | b]) = (left (x) right) diag(sd^2) (left (x) right)^T`` with
+    ``sd = sqrt(tau inv_lam)``; for the Linear output variances ``sd^2 = c_i r_ij`` with
+    ``c_i = max_j sd_ij^2`` and ``r_ij`` in ``[0, 1]``, so no intermediate overflows the dtype
+    before the variance itself does.
+    """
+
+    left: torch.Tensor | None       # (n, n)
+    right: torch.Tensor | None      # (m, m)
+    sd: torch.Tensor                # (n, m) or 0-d
+    row_scale: torch.Tensor         # (n,) or 0-d: sqrt(c_i)
+    ratio: torch.Tensor             # (n, m) or 0-d: r_ij
+    mean: torch.Tensor              # (n, m)
+
+    @classmethod
+    def of(cls, f: _LayerFactors, dtype: torch.dtype) -> "_DrawFactors":
+        """Cast once per call; the decompositions behind ``f`` stay float64."""
+        var = f.tau * f.inv_lam                                   # float64
+        if var.ndim == 0:
+            c, ratio = var, torch.ones((), dtype=_F64, device=var.device)
+        else:
+            c = var.amax(dim=1)
+            ratio = var / torch.where(c > 0, c, 1.0)[:, None]
+
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dtype).contiguous()
+
+        return cls(cast(f.left), cast(f.right), var.sqrt().to(dtype), c.sqrt().to(dtype), ratio.to(dtype),
+                   f.mean.to(dtype))
+
+    def output_noise(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``left (s * z)``, ``s_i = sqrt(sum_j (right^T h)_j^2 sd_ij^2)``, for ``h`` ``(B, m)``, ``z`` ``(B, n)``."""
+        v = h if self.right is None else h @ self.right
+        if self.ratio.ndim == 0:
+            s = torch.linalg.vector_norm(v, dim=-1, keepdim=True) * self.row_scale
+        else:
+            s = (v * v) @ self.ratio.T
+            s = s.sqrt_().mul_(self.row_scale)
+        z = z.mul_(s)
+        return z if self.left is None else z @ self.left.T
+
+    def weights(self, z: torch.Tensor) -> torch.Tensor:
+        """``mean + left (z * sd) right^T`` for standard normal ``z`` of shape ``(B, n, m)`` (overwritten)."""
+        x = z.mul_(self.sd)
+        if self.right is not None:
+            x = x @ self.right.T                  # one (B n, m) x (m, m) product
+        if self.left is None:
+            return x.add_(self.mean)
+        return torch.baddbmm(self.mean.expand(x.shape), self.left.expand(x.shape[0], -1, -1), x)
+
+
 def _gibbs_fast(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,
-                generator: torch.Generator | None, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                generator: torch.Generator | None, params: Mapping[str, torch.Tensor], passes: int,
+                reduce: Callable[[torch.Tensor], Any]) -> list[Any]:
+    """``reduce(logits)`` per pass, a fresh draw per example, by hooks on the Linear/Conv2d layers.
+
+    Draws and per-example products are in the network's dtype (module notes, "Precision").
+    A Conv2d module is handed an empty batch by a pre-hook (its mean convolution would be
+    discarded), and the forward hook convolves the stashed input with the per-example weights.
+    """
+    dtype = runner.dtype
     layers = [_layer_factors(runner.model, g, runner.device) for g in gaussian]
+    draws = {id(f.module): _DrawFactors.of(f, dtype) for f in layers}
     draw_device = gaussian.device
 
     def normal(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=_F64, device=draw_device).to(runner.device)
+        return _standard_normal(shape, generator, dtype, draw_device).to(runner.device)
 
-    def make_hook(f: _LayerFactors) -> Callable:
+    def hooks(f: _LayerFactors) -> list[Callable[[], Any]]:
+        d = draws[id(f.module)]
+        stash: list[torch.Tensor] = []
+
         def linear_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            h = inputs[0].to(_F64)
+            h = inputs[0].to(dtype)
             if f.layer.has_bias:
                 h = _with_ones(h)
-            s = f.output_variances(h).sqrt()                            # (B, n)
-            noise = math.sqrt(f.tau) * f.project_rows_T(s * normal(h.shape[0], f.layer.n))
-            return output + noise.to(output.dtype)
+            return output + d.output_noise(h, normal(h.shape[0], f.layer.n)).to(output.dtype)
+
+        def conv_pre_hook(module: nn.Conv2d, inputs: tuple) -> tuple:
+            stash.append(inputs[0])
+            return (inputs[0][:0], *inputs[1:])
 
         def conv_hook(module: nn.Conv2d, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-            x = inputs[0]
+            x = stash.pop()
             B = x.shape[0]
-            Wb = (f.mean + f.full_noise(normal(B, f.layer.n, f.layer.m))).to(output.dtype)
-            w, b = split_layer_matrix(Wb, f.layer)
-            if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
-                b = module.bias.detach().to(output.dtype).expand(B, -1)
-            return _per_example_conv(module, x, w, b)
+            out = None
+            # chunks of examples: the draws of a chunk stay in cache, and a grouped convolution
+            # of a few dozen groups runs at the speed of an ordinary one (hundreds do not)
+            for start, stop in _batches(B, max(1, _CONV_CHUNK_ELEMENTS // (f.layer.n * f.layer.m))):
+                Wb = d.weights(normal(stop - start, f.layer.n, f.layer.m)).to(output.dtype)
+                w, b = split_layer_matrix(Wb, f.layer)
+                if b is None and module.bias is not None:   # a frozen bias (not in the posterior)
+                    b = module.bias.detach().to(output.dtype).expand(stop - start, -1)
+                y = _per_example_conv(module, x[start:stop], w, b)
+                if out is None:
+                    if stop == B:
+                        return y
+                    out = y.new_empty((B, *y.shape[1:]))
+                out[start:stop] = y
+            return out
 
-        return conv_hook if isinstance(f.module, nn.Conv2d) else linear_hook
+        if isinstance(f.module, nn.Conv2d):
+            return [lambda: f.module.register_forward_pre_hook(conv_pre_hook),
+                    lambda: f.module.register_forward_hook(conv_hook)]
+        return [lambda: f.module.register_forward_hook(linear_hook)]
 
-    regs = [(lambda f=f: f.module.register_forward_hook(make_hook(f))) for f in layers]
-    out = []
+    regs = [reg for f in layers for reg in hooks(f)]
+    results = []
     with torch.no_grad(), _hooks(regs):
-        for start, stop in _batches(X.shape[0], batch_size):
-            out.append(runner(params, runner.batch(X, start, stop)))
-    return torch.cat(out)
+        for _ in range(passes):
+            out = [runner(params, runner.batch(X, start, stop)) for start, stop in _batches(X.shape[0], batch_size)]
+            results.append(reduce(torch.cat(out)))
+    return results
 
 
 def _gibbs_general(runner: _Runner, gaussian: LayerwiseGaussian, X: torch.Tensor, batch_size: int,
@@ -933,8 +1062,9 @@ def gibbs_predict(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, *,
         Examples per forward pass (the general path uses smaller chunks for large networks).
     method : {"auto", "fast", "general"}, default="auto"
         ``"fast"``: exact per-example output noise for Linear layers and per-example weights
-        with a grouped convolution for Conv2d layers (module notes); applies when every group
-        is a Linear/Conv2d layer called once per forward pass (2-D Linear inputs).
+        with grouped convolutions for Conv2d layers, drawn in the network's dtype (module
+        notes); applies when every group is a Linear/Conv2d layer called once per forward
+        pass (2-D Linear inputs).
         ``"general"``: one full parameter set per example, ``vmap(functional_call)``.
         ``"auto"``: the fast path when it applies.
     device : torch.device or str, optional
@@ -1000,7 +1130,7 @@ def _gibbs_logits(model: nn.Module, gaussian: LayerwiseGaussian, X: torch.Tensor
                             "set per example", problem)
         if method == "general" or problem is not None:
             return [reduce(_gibbs_general(runner, gaussian, X, batch_size, generator)) for _ in range(passes)]
-        return [reduce(_gibbs_fast(runner, gaussian, X, batch_size, generator, params)) for _ in range(passes)]
+        return _gibbs_fast(runner, gaussian, X, batch_size, generator, params, passes, reduce)
 
 
 def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: Any, *, passes: int = 1,

@@ -385,6 +385,85 @@ def test_gibbs_fast_path_matches_general_and_explicit_sampling(kind, precision):
     assert float((fast - general).abs().max()) < 0.1
 
 
+SINGLE_LAYERS = {
+    "linear": (lambda: nn.Linear(5, 4), (5,)),
+    "conv": (lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 4, 4)),
+    "conv_reflect_no_bias": (lambda: nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False), (2, 4, 4)),
+    "conv_stride": (lambda: nn.Conv2d(2, 3, 2, stride=2), (2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("precision", ["decomposed", "kron"])
+@pytest.mark.parametrize("layer", sorted(SINGLE_LAYERS))
+def test_gibbs_fast_layer_outputs_have_the_exact_covariance_and_fresh_draws(layer, precision, dtype, monkeypatch):
+    """A network of one layer is linear in its parameters: its outputs under ``theta ~ Q`` are
+    exactly Gaussian with mean ``f(x; mu)`` and covariance ``J Sigma J^T``, computed here densely
+    in float64. The fast path in the network's dtype (float32 included: draws and products in
+    float32) must reproduce both, and draws of different examples must be independent: two
+    inputs alternate, and the cross-covariance of the pairs must vanish. Conv2d layers draw in
+    chunks of 3 examples here (odd, not aligned with the pairs, a remainder per batch), so a
+    chunk misplaced in the batch shows up in the means.
+
+    Tolerances from the Monte-Carlo standard errors with ``S`` pairs, in units of the standard
+    deviations: mean ``1/sqrt(S)``, covariance ``sqrt((1 + rho^2) / (S - 1)) <= sqrt(2 / (S - 1))``,
+    cross-covariance ``1/sqrt(S - 1)``; each check allows 5 standard errors (seeded; a wrong
+    factor, a transposed basis or a shared draw is off by many).
+    """
+    import copy
+
+    from skkprior import predictive
+
+    make, shape = SINGLE_LAYERS[layer]
+    torch.manual_seed(3)
+    model = nn.Sequential(make(), nn.Flatten()).to(DT)
+    gauss = make_posterior(model, temperature=0.5) if precision == "decomposed" else make_kron_gaussian(model)
+    (lay,) = kronecker_layers(model).values()
+    monkeypatch.setattr(predictive, "_CONV_CHUNK_ELEMENTS", 3 * lay.n * lay.m)
+    X = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1), dtype=DT)
+    with torch.no_grad():
+        mu = model(X)                                               # (2, C), the mean is the model
+    cov = dense_logit_cov(model, gauss, X)                          # (2, C, C)
+    sd = torch.diagonal(cov, dim1=1, dim2=2).sqrt()
+    assert float(sd.min()) > 0
+    S = 6000
+    net = copy.deepcopy(model).to(dtype)
+    (out,) = predictive._gibbs_logits(net, gauss, X.to(dtype).repeat(S, *([1] * len(shape))), passes=1,
+                                      generator=torch.Generator().manual_seed(0), batch_size=1000,
+                                      method="fast", device=None)
+    assert out.dtype == dtype
+    out = out.to(DT).reshape(S, 2, -1)
+    centred = out - out.mean(0)
+    emp = torch.einsum("spc,spd->pcd", centred, centred) / (S - 1)
+    cross = torch.einsum("sc,sd->cd", centred[:, 0], centred[:, 1]) / (S - 1)
+    assert float(((out.mean(0) - mu) / sd).abs().max()) < 5 / math.sqrt(S)
+    assert float(((emp - cov) / (sd[:, :, None] * sd[:, None, :])).abs().max()) < 5 * math.sqrt(2 / (S - 1))
+    assert float((cross / (sd[0][:, None] * sd[1][None, :])).abs().max()) < 5 / math.sqrt(S - 1)
+
+
+def test_float32_gibbs_normals_are_rounded_float64_box_muller_normals():
+    """The fast path's float32 normals come from float64 uniforms (full tails), not 24-bit ones.
+
+    Pinned against Box-Muller in float64 from the same generator state (errors of a few float32
+    ulps of the radius), and their moments against N(0, 1) with 5 Monte-Carlo standard errors
+    (``n`` draws: mean ``1/sqrt(n)``, variance ``sqrt(2/n)``, fourth moment ``sqrt(96/n)``).
+    """
+    from skkprior.predictive import _standard_normal
+
+    shape = (3, 5, 7)                                               # an odd number of elements
+    z = _standard_normal(shape, torch.Generator().manual_seed(4), torch.float32, torch.device("cpu"))
+    assert z.shape == shape and z.dtype == torch.float32
+    u = torch.rand((2, 53), generator=torch.Generator().manual_seed(4), dtype=DT)
+    r = torch.sqrt(-2.0 * torch.log1p(-u[0]))
+    ref = torch.cat([r * torch.cos(2 * math.pi * u[1]), r * torch.sin(2 * math.pi * u[1])])[:105]
+    assert float((z.reshape(-1).double() - ref).abs().max()) < 1e-5
+    n = 2_000_000
+    z = _standard_normal((n,), torch.Generator().manual_seed(5), torch.float32, torch.device("cpu")).double()
+    assert abs(float(z.mean())) < 5 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / n)
+    assert abs(float((z ** 4).mean()) - 3) < 5 * math.sqrt(96 / n)
+
+
 def test_gibbs_general_path_is_unbiased_with_isotropic_groups():
     model, X = build("norm")
     post = make_posterior(model, temperature=0.3)

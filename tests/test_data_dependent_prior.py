@@ -93,6 +93,16 @@ def test_data_dependent_prior_is_much_tighter_on_digits(digits):
     assert split.certificate_.union_size == 2
 
 
+def test_auto_fraction_keeps_small_data_whole():
+    """Below 100 examples "auto" certifies all the data against the prior as given (the kl bound
+    needs n >= 8; a split of 16 examples would leave 8 on each side)."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(2), 8)
+    X = (rng.normal(size=(16, 3)) + y[:, None]).astype(np.float32)
+    est = PACBayesBoundEstimator(prior_scales=[1.0], random_state=0, **FAST).fit(X, y)
+    assert est.prior_split_["prior_fraction"] == 0.0 and est.certificate_.n == 16
+
+
 @pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, True, "half"])
 def test_bad_fraction_is_refused(iris_like, fraction):
     X, y = iris_like
@@ -118,7 +128,7 @@ def test_grid_search_tunes_prior_fraction(iris_like):
 def test_default_grid_is_paid(iris_like):
     X, y = iris_like
     est = PACBayesBoundEstimator(random_state=0, **{**FAST, "max_epochs": 3}).fit(X, y)
-    assert est.prior_fraction == 0.5
+    assert est.prior_fraction == "auto" and est.prior_split_["prior_fraction"] == 0.5  # 120 examples
     assert [s["prior_scale"] for s in est.selection_] == list(_pac_bayes.DEFAULT_PRIOR_SCALES)
     assert est.certificate_.union_size == len(_pac_bayes.DEFAULT_PRIOR_SCALES)
 

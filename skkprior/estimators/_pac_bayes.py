@@ -28,6 +28,10 @@ CERTIFICATE_TEMPERATURE_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 # choice of the posterior is free, so scoring on a subset costs no confidence, only noise:
 # the standard error of a Gibbs risk r scored on 5,000 examples is sqrt(r (1 - r) / 5000) <= 0.007).
 SELECTION_EXAMPLES = 5000
+# prior_fraction="auto" splits from this many training examples on (50 or more in each part); below it
+# the bound part would be too small for an informative certificate (the kl bound needs n >= 8 at all)
+# and the prior part too small to learn a prior from, so the prior is used as given.
+AUTO_SPLIT_MIN_EXAMPLES = 100
 # The grid of prior-precision multipliers when ``prior_scales=None``: the union bound costs ln 5 nats,
 # measured on digits (MLP, data-dependent prior) the winner moves from 100 to 1000 with the split.
 DEFAULT_PRIOR_SCALES = (1.0, 10.0, 100.0, 1000.0, 10000.0)
@@ -86,10 +90,11 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         Failure probability of the Monte-Carlo correction (confidence ``1 - delta - delta_mc``).
     mc_passes : int, default=1
         Passes over the data with fresh draws for the Gibbs risk (``m = mc_passes * n``).
-    prior_fraction : float in [0, 1), default=0.5
+    prior_fraction : "auto" or float in [0, 1), default="auto"
         Fraction of the training data that learns a data-dependent prior (see above); the
         certificate is about the other part. 0: the prior is ``prior`` itself and the
-        certificate is about all the data. Choosing this value by the bound on the same data
+        certificate is about all the data. ``"auto"``: 0.5 from ``AUTO_SPLIT_MIN_EXAMPLES =
+        100`` training examples on, else 0 (fewer examples leave too few on either side). Choosing this value by the bound on the same data
         (e.g. a grid search scored by ``bound_``) is a selection the certificate does not pay
         for: pay it with ``delta / K`` for a grid of ``K`` values.
     prior_scales : sequence of float or None, default=None
@@ -129,7 +134,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     prior_scale_ : float
         The chosen prior-scale multiplier.
     prior_split_ : dict
-        ``prior_fraction``, ``n_prior`` and ``n_bound``: the sizes of the two parts (``n_prior
+        ``prior_fraction`` (resolved), ``n_prior`` and ``n_bound``: the sizes of the two parts (``n_prior
         = 0`` without a data-dependent prior; the certificate's ``n`` is ``n_bound``), and
         ``bound_indices``, the rows of the training data the certificate is about.
     selection_ : list of dict
@@ -168,8 +173,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         "delta": OpenUnit(),
         "delta_mc": OpenUnit(),
         "mc_passes": Positive(Integral),
-        "prior_fraction": Anything("a float in [0, 1)", lambda v: isinstance(v, Real) and not isinstance(v, bool)
-                                   and 0.0 <= float(v) < 1.0),
+        "prior_fraction": Anything("'auto' or a float in [0, 1)", lambda v: (isinstance(v, str) and v == "auto") or (
+            isinstance(v, Real) and not isinstance(v, bool) and 0.0 <= float(v) < 1.0)),
         "prior_scales": positive_sequence(),
         "catoni_C": Positive(),
         "temperatures": positive_sequence(),
@@ -178,7 +183,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     def __init__(self, module: type[nn.Module] | nn.Module | None = None, *,
                  prior: KroneckerPrior | str | os.PathLike | None = None, bound: str = "kl",
                  objective: str = "catoni", delta: float = 0.025, delta_mc: float = 0.01, mc_passes: int = 1,
-                 prior_fraction: float = 0.5, prior_scales: Sequence[float] | None = None, temperatures: Sequence[float] | None = None,
+                 prior_fraction: float | str = "auto", prior_scales: Sequence[float] | None = None, temperatures: Sequence[float] | None = None,
                  catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc", curvature: str = "kfac",
                  predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2,
                  batch_size: int = 64, optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -288,7 +293,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
             (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
              X_module) = best
             self.selection_ = selection
-            self.prior_split_ = {"prior_fraction": float(self.prior_fraction),
+            self.prior_split_ = {"prior_fraction": self._resolved_fraction(len(y_enc) + (
+                                     0 if prior_part is None else len(prior_part))),
                                  "n_prior": 0 if prior_part is None else int(len(prior_part)), "n_bound": int(n),
                                  "bound_indices": (np.arange(n) if bound_part is None else bound_part)}
             self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
@@ -313,7 +319,7 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         data's values and labels, so the bound part is an i.i.d. sample that the prior never saw
         (a stratified split would tie the bound part's class counts to the prior part's).
         """
-        fraction = float(self.prior_fraction)
+        fraction = self._resolved_fraction(n)
         if fraction == 0.0:
             return None, None
         n_prior = int(round(fraction * n))
@@ -324,6 +330,12 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
                 "Pass more data or a prior_fraction nearer 0.5 (or 0 for a prior that sees no data)."))
         order = np.random.default_rng(self._seeds.sequence("prior_split")).permutation(n)
         return np.sort(order[:n_prior]), np.sort(order[n_prior:])
+
+    def _resolved_fraction(self, n: int) -> float:
+        """``prior_fraction`` for ``n`` training examples (``"auto"`` resolved)."""
+        if isinstance(self.prior_fraction, str):
+            return 0.5 if n >= AUTO_SPLIT_MIN_EXAMPLES else 0.0
+        return float(self.prior_fraction)
 
     def _data_dependent_prior(self, X: np.ndarray, y: np.ndarray) -> KroneckerPrior:
         """The prior learned on the prior part: the MAP under ``prior`` there, its Laplace posterior

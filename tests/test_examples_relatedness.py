@@ -6,8 +6,8 @@ examples per class, one seed, 30 optimizer steps, 200 test images, 4 posterior s
 prior's curvature pass on 1,000 source images and the Fashion CNN trained for one epoch on 5,000
 images. It asserts the structure of the result, the stated initialization rule (every prior's
 MAP training starts exactly at the source network's weights) and the relatedness numbers that
-hold by a wide margin; no order of the priors is asserted (see docs/examples/relatedness.md:
-the measured gains are within their seed spread or change sign between pairs).
+hold by a wide margin, and the one order of the priors that every measured run shows with a
+wide margin (numbers at the asserts and in docs/examples/relatedness.md).
 """
 
 from __future__ import annotations
@@ -73,11 +73,20 @@ def test_relatedness_quick(tmp_path):
     assert len(result["runs"]) == 2 * len(example.PRIORS)
     # relatedness: the MNIST CNN reads the unrotated held-out digits (it has probably seen them:
     # 0.999 measured on 2,000 of them); zero-shot accuracy only where the label spaces agree
+    # Measured at this size (seed 0, 525 s on a loaded 2-core CPU), accuracy / NLL:
+    #   mnist>rot0      probe 0.99  zero-shot 1.0   learned 1.000 / 0.000  iso mean 1.000 / 0.001  zero 1.000 / 0.000
+    #   fashion>animal  probe 0.53  confidence 0.60 learned 0.285 / 2.431  iso mean 0.430 / 2.374  zero 0.435 / 2.444
     near, far = rows[("mnist", "rot0", 5)], rows[("fashion", "animal", 5)]
     assert near["zero_shot"] >= 0.98 and far["zero_shot"] is None
     # the source features separate the unrotated digits far better than animal silhouettes
-    # (linear probe on 10 per class; measured at this size: see docs/examples/relatedness.md)
+    # (linear probe on 10 per class: 0.99 against 0.53 here, 0.91 - 0.99 against 0.53 - 0.57 in
+    # every measured configuration; margin 0.2)
     assert near["probe"] > far["probe"] + 0.2
+    # The one order measured stable everywhere with a margin: the learned (calibrated) prior of the
+    # Fashion CNN is less accurate on Animal-MNIST than the better isotropic prior, by 0.15 here,
+    # 0.18 in the quick run and 0.186 / 0.190 / 0.215 on seeds 0 / 1 / 2 of the CPU configuration
+    # (docs/examples/relatedness.md). Margin: asserted at 0.05, a third of the smallest gap.
+    assert far["acc_gain_mean"] < -0.05, far
     # with the source weights as the start, every prior keeps the MNIST digits nearly perfect
     assert min(near["acc_learned_mean"], near["acc_iso_mean_mean"], near["acc_zero_mean"]) >= 0.95
     for ext in ("json", "md", "png"):

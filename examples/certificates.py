@@ -54,13 +54,14 @@ NAME = "certificates"
 # n_per_class None: every training image (Fashion-MNIST 60,000; Animal-MNIST 8,005)
 # prior_fraction: the share of the training data that learns a data-dependent prior (0: the prior
 # sees no data); prior_scales: the grid of prior-precision multipliers, paid by a union bound;
-# objective: the estimator's training criterion
+# objective: the estimator's training criterion; mc_passes: passes with fresh draws of the certificate
 FULL = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=None, max_epochs=3, batch_size=128,
             lr=1e-3, paper_samples=100, predictive_samples=100, n_test=None, priors=PRIORS, temperatures=None,
-            compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni")
+            compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni", mc_passes=1)
 QUICK = dict(datasets=("fashion_mnist", "animal_mnist"), n_per_class=100, max_epochs=2, batch_size=64,
              lr=1e-3, paper_samples=10, predictive_samples=10, n_test=500, priors=PRIORS, temperatures=None,
-             compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni")
+             compression="nearest", seed=0, prior_fraction=0.0, prior_scales=(PRIOR_SCALE,), objective="catoni",
+             mc_passes=1)
 
 
 def build_parser():
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
             est = PACBayesBoundEstimator(MnistCNN, prior=prior, weight_decay=WEIGHT_DECAY, bound="kl",
                                          objective=cfg["objective"], delta=0.025, delta_mc=0.01,
                                          prior_fraction=cfg["prior_fraction"], prior_scales=list(cfg["prior_scales"]),
+                                         mc_passes=cfg["mc_passes"],
                                          temperatures=cfg["temperatures"], max_epochs=cfg["max_epochs"],
                                          batch_size=cfg["batch_size"], lr=cfg["lr"],
                                          n_samples=cfg["predictive_samples"], device=args.device, random_state=seed)

@@ -269,7 +269,9 @@ def validation_split(X: np.ndarray, y: np.ndarray, fraction: float,
 
 
 # Multipliers of a learned prior's beta_0 (the weight of the source curvature) that scaling="cv"
-# scores; 0 is the isotropic prior with the learned mean (KroneckerPrior.reweighted).
+# scores; 0 is the isotropic prior with the learned mean at the plain floor, N(theta_s, delta^-1 I)
+# (alpha_0 = tau_0 = 1: a calibrated alpha_0 / tau_0 makes the floor ~100 times sharper, and then
+# the family would not contain the isotropic prior it is compared with).
 CV_SOURCE_WEIGHTS = (0.0, 0.01, 0.1, 1.0)
 
 
@@ -690,9 +692,12 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         return [float(w) for w in self.source_weights]
 
     def _weighted_prior(self, prior: KroneckerPrior, weight: float | None) -> KroneckerPrior:
-        """``prior`` with its source curvature weight ``beta_0`` multiplied by ``weight``."""
+        """``prior`` with its source curvature weight ``beta_0`` multiplied by ``weight``; ``weight = 0``
+        is the isotropic prior with the learned mean at the plain floor ``N(theta_s, delta^-1 I)``."""
         if weight is None or weight == 1.0:
             return prior
+        if weight == 0.0:
+            return prior.reweighted(likelihood_scale=0.0, prior_scale=1.0, temperature=1.0)
         learned = prior.metadata["calibration"]["likelihood_scale"]
         return prior.reweighted(likelihood_scale={k: weight * float(v) for k, v in learned.items()
                                                   if k in prior.groups})

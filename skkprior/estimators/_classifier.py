@@ -60,7 +60,9 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         of ``"validation"`` (12 points) and, for a learned prior that can be re-weighted
         (:meth:`~skkprior.laplace.KroneckerPrior.reweighted`), also the weight of the source
         curvature in the prior, ``beta_0`` times each of ``source_weights`` (0: the isotropic
-        prior with the learned mean). An isotropic prior (or a continual hand-over) has no such
+        prior with the learned mean at the plain floor, ``N(theta_s, delta^-1 I)``, whatever
+        ``alpha_0``, ``tau_0`` the calibration chose, so the family contains that isotropic
+        prior). An isotropic prior (or a continual hand-over) has no such
         axis. Cost: ``k * len(source_weights)`` MAP fits, curvature passes and posteriors
         (``k`` for a prior without the axis), ``12`` predictive evaluations on a held-out fold
         each, and 1 refit. Folds are stratified and shuffled by ``random_state``, ``k =

@@ -4,7 +4,10 @@ The torch thread count, the temporary cache folder and the ``data`` marker are s
 repository's ``conftest.py``, which the doctests share.
 """
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,3 +26,17 @@ def _seed_everything():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def example_module():
+    """``load(name)``: the module ``examples/<name>.py`` (imported with ``examples/`` on the path)."""
+    def load(name: str):
+        if str(EXAMPLES) not in sys.path:
+            sys.path.insert(0, str(EXAMPLES))
+        pytest.importorskip("skorch")
+        return importlib.import_module(name)
+    return load

@@ -10,24 +10,14 @@ tests without them); the MNIST priors are cached once per session in the tempora
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 pytestmark = [pytest.mark.slow, pytest.mark.data]
 
-
-def _example(name: str):
-    pytest.importorskip("skorch")
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    return importlib.import_module(name)
 
 
 def _args(name: str, tmp_path: Path, **overrides) -> argparse.Namespace:
@@ -36,13 +26,13 @@ def _args(name: str, tmp_path: Path, **overrides) -> argparse.Namespace:
     return make_args(name, out=tmp_path, **overrides)
 
 
-def test_certificates_fashion(tmp_path):
+def test_certificates_fashion(example_module, tmp_path):
     """Fashion-MNIST, 100 images per class (n = 1,000), two epochs; learned MNIST prior vs N(0, I/100).
 
     To fit the test budget the estimator's temperature grid is cut to ``temperatures=(1.0,)`` (the
     tuned and the plain Laplace posterior still compete); the example itself uses the default grid.
     """
-    certificates = _example("certificates")
+    certificates = example_module("certificates")
     out = certificates.run(_args("certificates", tmp_path, datasets=("fashion_mnist",), priors=("learned", "isotropic, zero mean"),
                                  temperatures=(1.0,),
                                  n_per_class=100, max_epochs=2, n_test=300, paper_samples=3, predictive_samples=3))
@@ -74,9 +64,9 @@ def test_certificates_fashion(tmp_path):
         assert Certificate.from_dict(row["paper_record"]).risk_bound == row["paper_diag"]
 
 
-def test_continual_chain_forgets_less(tmp_path):
+def test_continual_chain_forgets_less(example_module, tmp_path):
     """Permuted Fashion-MNIST, 2 tasks of 1,000 images, 2 epochs: learned-prior chain vs fine-tuning."""
-    continual = _example("continual")
+    continual = example_module("continual")
     out = continual.run(_args("continual", tmp_path, streams=("permuted_fashion",), n_perm_tasks=2, perm_per_class=100,
                               n_test=300, max_epochs=2, methods=("learned", "finetune")))
     chain = out["results"][("permuted_fashion", "learned")]
@@ -88,9 +78,9 @@ def test_continual_chain_forgets_less(tmp_path):
     assert np.isfinite(chain["acc"][1]).all()
 
 
-def test_grid_search_in_pipeline(tmp_path):
+def test_grid_search_in_pipeline(example_module, tmp_path):
     """A 2 x 2 grid, 2 folds, n_jobs=2, StandardScaler -> KroneckerPriorClassifier(MLP)."""
-    grid_search = _example("grid_search")
+    grid_search = example_module("grid_search")
     out = grid_search.run(_args("grid_search", tmp_path, digits=dict(prior_scale=[1.0, 10.0], temperature=[1.0, 0.1], cv=2,
                                                       max_epochs=10, n_samples=10)))
     d = out["digits"]

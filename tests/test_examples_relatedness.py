@@ -12,29 +12,17 @@ wide margin (numbers at the asserts and in docs/examples/relatedness.md).
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # real data and the pretrained network: skipped when they are missing (see conftest.py)
 pytestmark = pytest.mark.data
 
 
-def _example(name: str):
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    pytest.importorskip("skorch")
-    return importlib.import_module(name)
 
-
-def test_rotate_keeps_shape_range_and_inverts_quarter_turns():
+def test_rotate_keeps_shape_range_and_inverts_quarter_turns(example_module):
     import numpy as np
 
-    example = _example("relatedness")
+    example = example_module("relatedness")
     X = np.random.default_rng(0).random((3, 1, 28, 28)).astype(np.float32)
     for degrees in (0, 90, 180, 30):
         out = example.rotate(X, degrees)
@@ -49,8 +37,8 @@ def test_rotate_keeps_shape_range_and_inverts_quarter_turns():
 
 
 @pytest.mark.slow
-def test_relatedness_quick(tmp_path):
-    example = _example("relatedness")
+def test_relatedness_quick(example_module, tmp_path):
+    example = example_module("relatedness")
     from _shared import make_args
 
     result = example.run(make_args(example.NAME, out=tmp_path, **example.TEST))

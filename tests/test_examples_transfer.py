@@ -14,23 +14,13 @@ the repository's ``conftest.py``), so the other example tests reuse them.
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 # real data and the pretrained network: skipped when they are missing (see conftest.py)
 pytestmark = pytest.mark.data
 
-
-def _example(name: str):
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    pytest.importorskip("skorch")
-    return importlib.import_module(name)
 
 
 def _args(example, tmp_path: Path) -> argparse.Namespace:
@@ -40,8 +30,8 @@ def _args(example, tmp_path: Path) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-def test_bayesian_pretrained_cnn_quick(tmp_path):
-    example = _example("bayesian_pretrained_cnn")
+def test_bayesian_pretrained_cnn_quick(example_module, tmp_path):
+    example = example_module("bayesian_pretrained_cnn")
     result = example.run(_args(example, tmp_path))
     by = {r["method"]: r for r in result["rows"]}
     mp, post = by["MAP (pretrained CNN)"], by["posterior, MC"]
@@ -66,8 +56,8 @@ def test_bayesian_pretrained_cnn_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_few_shot_transfer_quick(tmp_path):
-    example = _example("few_shot_transfer")
+def test_few_shot_transfer_quick(example_module, tmp_path):
+    example = example_module("few_shot_transfer")
     result = example.run(_args(example, tmp_path))
     by = {(r["dataset"], r["per_class"], r["prior"]): r for r in result["rows"]}
     learned, iso, zero = (by[("Animal-MNIST", 10, name)] for name in example.PRIORS)

@@ -57,6 +57,7 @@ from skkprior.datasets import (
     pretrained_mnist_cnn,
     subsample_per_class,
 )
+from skkprior.gaussian import FORMAT_VERSION
 from skkprior.metrics import evaluate
 
 NAME = "relatedness"
@@ -114,14 +115,16 @@ def source_data(source: str, n_source: int | None) -> tuple[np.ndarray, np.ndarr
 
 
 def _version() -> str:
-    return f"skkprior-{skkprior.__version__}"
+    """Names the package version and the prior file format in cache keys (a cached prior without the
+    source factors that ``reweighted`` and ``scaling="cv"`` need is never reused)."""
+    return f"skkprior-{skkprior.__version__}_format{FORMAT_VERSION}"
 
 
 def fashion_cnn(*, epochs: int, seed: int, n_train: int | None, device: str = "cpu",
                 cache: bool = True) -> MnistCNN:
     """An :class:`MnistCNN` trained on the first ``n_train`` Fashion-MNIST training images (None: all
     60,000) for ``epochs`` epochs (Adam, lr 1e-3, batch 128), cached with its seed in the name."""
-    path = cache_home() / "sources" / f"fashion_cnn_e{epochs}_n{n_train or 'all'}_seed{seed}_{_version()}.pt"
+    path = cache_home() / "sources" / f"fashion_cnn_e{epochs}_n{n_train or 'all'}_seed{seed}_skkprior-{skkprior.__version__}.pt"
     net = MnistCNN(10)
     if cache and path.exists():
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -94,9 +94,10 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         Fraction of the training data that learns a data-dependent prior (see above); the
         certificate is about the other part. 0: the prior is ``prior`` itself and the
         certificate is about all the data. ``"auto"``: 0.5 from ``AUTO_SPLIT_MIN_EXAMPLES =
-        100`` training examples on, else 0 (fewer examples leave too few on either side). Choosing this value by the bound on the same data
-        (e.g. a grid search scored by ``bound_``) is a selection the certificate does not pay
-        for: pay it with ``delta / K`` for a grid of ``K`` values.
+        100`` training examples on, else 0 (fewer examples leave too few on either side).
+        Choosing this value by the bound on the same data (e.g. a grid search scored by
+        ``bound_``) is a selection the certificate does not pay for: pay it with ``delta / K``
+        for a grid of ``K`` values.
     prior_scales : sequence of float or None, default=None
         Candidate multipliers of the prior precision, fixed before the data are seen; the
         winner is chosen with selection draws and a union bound over them is paid. None:
@@ -134,9 +135,10 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     prior_scale_ : float
         The chosen prior-scale multiplier.
     prior_split_ : dict
-        ``prior_fraction`` (resolved), ``n_prior`` and ``n_bound``: the sizes of the two parts (``n_prior
-        = 0`` without a data-dependent prior; the certificate's ``n`` is ``n_bound``), and
-        ``bound_indices``, the rows of the training data the certificate is about.
+        ``prior_fraction`` (resolved), ``n_prior`` and ``n_bound``: the sizes of the two parts
+        (``n_prior = 0`` without a data-dependent prior; the certificate's ``n`` is
+        ``n_bound``), and ``bound_indices``, the rows of the training data the certificate is
+        about.
     selection_ : list of dict
         Per prior scale: ``prior_scale``, and the ``selection_bound`` and
         ``selection_gibbs_risk`` of its best candidate posterior, measured with the selection
@@ -183,7 +185,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
     def __init__(self, module: type[nn.Module] | nn.Module | None = None, *,
                  prior: KroneckerPrior | str | os.PathLike | None = None, bound: str = "kl",
                  objective: str = "catoni", delta: float = 0.025, delta_mc: float = 0.01, mc_passes: int = 1,
-                 prior_fraction: float | str = "auto", prior_scales: Sequence[float] | None = None, temperatures: Sequence[float] | None = None,
+                 prior_fraction: float | str = "auto", prior_scales: Sequence[float] | None = None,
+                 temperatures: Sequence[float] | None = None,
                  catoni_C: float = 1.0, weight_decay: float = 1.0, fisher: str = "mc", curvature: str = "kfac",
                  predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30, lr: float = 1e-2,
                  batch_size: int = 64, optimizer: type[torch.optim.Optimizer] = torch.optim.Adam,
@@ -262,7 +265,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         try:
             X, y = self._start(X, y)
             y_enc = self._set_classes(y, None)
-            prior_part, bound_part = self._prior_split(len(y_enc))
+            n_total = len(y_enc)
+            prior_part, bound_part = self._prior_split(n_total)
             union_size = self._union_size()
             prior = None
             if prior_part is not None:
@@ -293,9 +297,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
             (_, self.module_, self.prior_, self.posterior_, self.curvature_, self.history_, self.prior_scale_,
              X_module) = best
             self.selection_ = selection
-            self.prior_split_ = {"prior_fraction": self._resolved_fraction(len(y_enc) + (
-                                     0 if prior_part is None else len(prior_part))),
-                                 "n_prior": 0 if prior_part is None else int(len(prior_part)), "n_bound": int(n),
+            self.prior_split_ = {"prior_fraction": self._resolved_fraction(n_total), "n_bound": int(n),
+                                 "n_prior": 0 if prior_part is None else int(len(prior_part)),
                                  "bound_indices": (np.arange(n) if bound_part is None else bound_part)}
             self.certificate_ = certify(self.module_, self.posterior_, torch.from_numpy(X_module), torch.from_numpy(y_enc),
                                         bound=self.bound, delta=self.delta, delta_mc=self.delta_mc,

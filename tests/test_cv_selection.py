@@ -163,3 +163,26 @@ def test_cv_parameters_are_validated_and_listed():
     for bad in ({"cv": 1}, {"cv": 2.5}, {"source_weights": ()}, {"source_weights": (-1.0,)}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             KroneckerPriorClassifier(scaling="cv", device="cpu", **bad).fit(X, y)
+
+
+def test_weight_zero_is_the_plain_isotropic_learned_mean_prior(wrong_prior):
+    """Source weight 0 is N(theta_s, delta^-1 I) whatever alpha_0 / tau_0 the prior was learned with
+    (a calibrated floor alpha_0 delta / tau_0 would not be the isotropic prior it is compared with)."""
+    sharp = wrong_prior.reweighted(prior_scale=50.0, temperature=0.1)
+    clf = KroneckerPriorClassifier(MLP, prior=sharp, scaling="cv", random_state=0, **FAST)
+    flat = clf._weighted_prior(sharp, 0.0)
+    for name in ("net.0", "net.2"):
+        g = flat.groups[name]
+        torch.testing.assert_close(g.precision.to_dense() / float(g.temperature),
+                                   torch.eye(g.mean.numel(), dtype=torch.float64) * 0.01, rtol=1e-12, atol=0)
+
+
+def test_cv_warns_when_a_learned_prior_cannot_be_reweighted(wrong_prior, caplog):
+    old = wrong_prior.reweighted(likelihood_scale=1.0)
+    old.source_factors = {}  # as loaded from a file written before the factors were kept
+    X, y = _blobs(6, 4)
+    with caplog.at_level(logging.WARNING, logger="skkprior.estimators"):
+        clf = KroneckerPriorClassifier(MLP, prior=old, scaling="cv", cv=2, random_state=0,
+                                       **{**FAST, "max_epochs": 2}).fit(X, y)
+    assert clf.scales_["source_weight"] is None
+    assert "holds no source factors" in caplog.text

@@ -688,6 +688,10 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         """The multipliers of the learned ``beta_0`` that ``scaling="cv"`` scores (``[None]``: the
         prior as it is, for a prior that cannot be re-weighted, e.g. an isotropic one)."""
         if not prior.reweightable:
+            if prior.metadata.get("kind") == "kronecker":  # learned, but saved before the factors were kept
+                logger.warning("scaling='cv': the learned prior holds no source factors (a file written before "
+                               "they were stored), so the source weight is not cross-validated; re-learn the "
+                               "prior with learn_prior(...) to re-weight it")
             return [None]
         return [float(w) for w in self.source_weights]
 

@@ -566,8 +566,11 @@ def zero_isotropic_layer_group(layer, shapes, weight_decay: float, device) -> Ga
     return GaussianGroup(layer.name, layer.parameter_names, shapes, layer, mean, prec, 1.0)
 
 
-def isotropic_prior(model: nn.Module, *, weight_decay: float = 1e-4, zero_mean: bool = True) -> KroneckerPrior:
+def isotropic_prior(model: nn.Module, *, weight_decay: float = 1.0, zero_mean: bool = True) -> KroneckerPrior:
     """The isotropic prior ``N(0, weight_decay^-1 I)`` (or centred at the model's weights).
+
+    The default ``weight_decay=1.0`` is the estimators' (``KroneckerPriorClassifier``'s
+    ``prior=None``), so the same prior results whichever way it is built.
 
     Examples
     --------
@@ -626,7 +629,7 @@ def damped_kron(F: Kron, scale: float, damping: float) -> Kron:
 
 
 def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["kronecker", "isotropic"] = "kronecker",
-                fisher: Literal["mc", "exact", "empirical"] = "mc", weight_decay: float = 1e-4,
+                fisher: Literal["mc", "exact", "empirical"] = "mc", weight_decay: float = 1.0,
                 prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
                 head: str | None = None, curvature: Any = None,
                 compression: Literal["nearest", "damped"] = "nearest", nkp_method: Literal["gram", "power"] = "gram",
@@ -654,8 +657,13 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
         (no curvature pass).
     fisher : {"mc", "exact", "empirical"}, default="mc"
         Fisher type of the curvature pass (the paper: "mc").
-    weight_decay : float, default=1e-4
-        ``delta``, the isotropic precision.
+    weight_decay : float, default=1.0
+        ``delta``, the isotropic precision: the floor ``alpha_0 delta`` of the prior and the
+        head's ``N(0, delta^-1 I)``. The default is the estimators' ``weight_decay`` (the precision
+        of their ``prior=None`` and of new heads), so a learned prior and the estimator it goes
+        into agree. Small values make the prior (and the Laplace posterior built on it) broad in
+        every direction the source curvature does not constrain, and the Monte-Carlo predictive
+        of a large network with it is at chance (measured on the relatedness page of the docs).
     prior_scale, likelihood_scale : float, default=1.0
         ``alpha_0`` and ``beta_0``.
     temperature : float, default=1.0

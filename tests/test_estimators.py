@@ -343,3 +343,23 @@ def test_digits_posterior_no_worse_than_map(predictive):
     assert abs(post["accuracy"] - map_["accuracy"]) <= 0.005
     assert post["nll"] <= 1.05 * map_["nll"]
     assert post["ece"] <= map_["ece"] + 0.01
+
+
+def test_prior_builders_default_to_the_estimators_weight_decay():
+    """``learn_prior`` and ``isotropic_prior`` default to the estimators' ``weight_decay`` (issue 12).
+
+    With ``1e-4`` (the old default) the learned prior's floor and the head's ``N(0, 1e4 I)`` made
+    the Monte-Carlo predictive of the README path near chance on a related few-shot target.
+    """
+    import inspect
+
+    defaults = {f.__name__: inspect.signature(f).parameters["weight_decay"].default
+                for f in (learn_prior, isotropic_prior)}
+    for est in (KroneckerPriorClassifier(), PACBayesBoundEstimator()):
+        assert all(d == est.weight_decay for d in defaults.values()), (type(est).__name__, defaults)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    X, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    prior = learn_prior(net, X, y, head="2", progress=False, generator=torch.Generator().manual_seed(0))
+    assert prior.metadata["weight_decay"] == KroneckerPriorClassifier().weight_decay
+    head = prior.groups["2"].precision.to_dense()
+    assert torch.allclose(head, torch.eye(head.shape[0], dtype=head.dtype) * KroneckerPriorClassifier().weight_decay)

@@ -652,15 +652,17 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         return prior
 
     def _learn_task(self, model: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray, task: int, *,
-                    loss: Callable[[int], Callable] | None = None, trained: nn.Module | None = None) -> TaskFit:
+                    loss: Callable[[int], Callable] | None = None, trained: nn.Module | None = None,
+                    scaling: str | None = None) -> TaskFit:
         """One task: validation split, MAP training, curvature, Laplace posterior, scales.
 
         ``loss(n)`` gives the training criterion for ``n`` examples (default: the MAP loss under
         ``prior`` weighted by ``alpha / beta``); ``trained`` is the module skorch trains
-        (default: ``model``).
+        (default: ``model``); ``scaling`` overrides the estimator's (``"fixed"`` where only the
+        Laplace posterior at the given scales is used, e.g. a hand-over).
         """
         alpha, beta, tau = self._given_scales()
-        scaling = self._scaling()
+        scaling = self._scaling() if scaling is None else scaling
         X = self._module_input(X, model)
         if scaling == "cv":
             if loss is not None or trained is not None:

@@ -347,7 +347,8 @@ class PACBayesBoundEstimator(BaseKroneckerEstimator):
         self._refuse_running_statistics(module)
         source = self._resolve_prior(module).to(self.device_)
         self._init_at_prior_mean(module, source)
-        fit = self._learn_task(module, source, self._module_input(X, module), y, 1)
+        # only the Laplace posterior at the given scales is handed over: no scale tuning on the prior part
+        fit = self._learn_task(module, source, self._module_input(X, module), y, 1, scaling="fixed")
         return self._handover(fit.laplace)
 
     def _refuse_running_statistics(self, module: nn.Module) -> None:

@@ -358,8 +358,9 @@ def test_prior_builders_default_to_the_estimators_weight_decay():
     for est in (KroneckerPriorClassifier(), PACBayesBoundEstimator()):
         assert all(d == est.weight_decay for d in defaults.values()), (type(est).__name__, defaults)
     net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    X, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    prior = learn_prior(net, X, y, head="2", progress=False, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    X, y = torch.randn(32, 4, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+    prior = learn_prior(net, X, y, head="2", progress=False, generator=gen)
     assert prior.metadata["weight_decay"] == KroneckerPriorClassifier().weight_decay
     head = prior.groups["2"].precision.to_dense()
     assert torch.allclose(head, torch.eye(head.shape[0], dtype=head.dtype) * KroneckerPriorClassifier().weight_decay)

@@ -56,18 +56,24 @@ from skkprior.predictive import predict_proba_linearized, predict_proba_map, pre
 DELTA = R.HYPER["weight_decay"]
 
 
-def family(learned: KroneckerPrior) -> dict[str, KroneckerPrior | None]:
-    """Every configuration of the sweep, by name (see the module docstring)."""
-    out: dict[str, KroneckerPrior | None] = {}
+def family(learned: KroneckerPrior, wanted: set[str] | None = None) -> dict[str, KroneckerPrior | None]:
+    """The configurations of the sweep, by name (see the module docstring); only the ``wanted``
+    ones are built (None: all), since each re-weighting compresses every Kronecker layer again."""
+    specs: dict[str, tuple[float, float] | None] = {}  # name -> (source weight b, floor p); None: zero mean
     for p in (1e-2, 1.0, 1e2):
-        out[f"iso_mean p={p:g}"] = learned.reweighted(likelihood_scale=0.0, prior_scale=p / DELTA, temperature=1.0)
-    out["zero p=0.01"] = None
+        specs[f"iso_mean p={p:g}"] = (0.0, p)
+    specs["zero p=0.01"] = None
     for b in (1e-3, 1e-2, 1e-1, 1.0):
-        out[f"learned b={b:g} p=0.01"] = learned.reweighted(likelihood_scale=b, prior_scale=1.0, temperature=1.0)
+        specs[f"learned b={b:g} p=0.01"] = (b, DELTA)
     for b in (1e-2, 1e-1, 1.0):
-        out[f"learned b={b:g} p=1"] = learned.reweighted(likelihood_scale=b, prior_scale=1.0 / DELTA,
-                                                         temperature=1.0)
-    out["learned calibrated"] = learned
+        specs[f"learned b={b:g} p=1"] = (b, 1.0)
+    out: dict[str, KroneckerPrior | None] = {}
+    for name, spec in specs.items():
+        if wanted is None or name in wanted:
+            out[name] = None if spec is None else learned.reweighted(likelihood_scale=spec[0],
+                                                                     prior_scale=spec[1] / DELTA, temperature=1.0)
+    if wanted is None or "learned calibrated" in wanted:
+        out["learned calibrated"] = learned
     return out
 
 
@@ -165,7 +171,7 @@ def main() -> None:
             source, target = pair.split(">")
             if source not in nets:
                 nets[source] = R.source_network(source, cfg, "cpu")
-                priors[source] = family(R.source_prior(source, nets[source], "kronecker", cfg, "cpu"))
+                priors[source] = family(R.source_prior(source, nets[source], "kronecker", cfg, "cpu"), wanted)
             net = nets[source]
             X_pool, y_pool, X_test, y_test = R.target_data(target)
             keep = np.sort(np.random.default_rng(0).choice(len(y_test), min(a.n_test, len(y_test)), replace=False))
@@ -173,8 +179,6 @@ def main() -> None:
             for k in (int(s) for s in a.shots.split(",")):
                 X, y = subsample_per_class(X_pool, y_pool, k, random_state=seed)
                 for name, prior in priors[source].items():
-                    if wanted is not None and name not in wanted:
-                        continue
                     start = time.perf_counter()
                     clf = R.make_classifier(net, prior, len(y), cfg=cfg, device="cpu", seed=seed, scaling="fixed",
                                             predictive="mc", curvature="kfac" if temps else "diag")

@@ -372,13 +372,15 @@ class Kron(Precision):
     def from_state(cls, state: Any) -> "Kron":
         return cls(state["G"], state["A"])
 
-    def posterior_with(self, prior: Precision, accumulation: Mapping[str, Any] | None = None,
+    def posterior_with(self, prior: Precision, accumulation: Mapping[str, Any] | None = None, *,
+                       rank_bound: int | None = None,
                        ) -> tuple["KronDecomposed", tuple[Precision, Precision]]:
         """The exact two-term precision ``F + P`` of this curvature ``F`` and a prior precision ``P``.
 
         The curvature is projected onto the positive semi-definite cone first (rounding noise
         only, :func:`psd_projected`, with ``accumulation`` from
-        :attr:`~skkprior.curvature.Curvature.rounding`); an isotropic prior becomes
+        :attr:`~skkprior.curvature.Curvature.rounding` and ``rank_bound`` from
+        :attr:`~skkprior.curvature.Curvature.positions`); an isotropic prior becomes
         ``(v I) (x) I``. Returns the decomposition and its two terms ``(F, P)``.
         """
         as_kron = getattr(prior, "as_kron", None)
@@ -387,7 +389,7 @@ class Kron(Precision):
             raise ValueError(error_message("the prior precision of a Kronecker curvature",
                                            "one Kronecker product (or isotropic)", type(prior).__name__,
                                            "Compress the prior with as_prior(), or use a diagonal curvature."))
-        F, spectra = psd_projected(self.to(device=P.device), accumulation)
+        F, spectra = psd_projected(self.to(device=P.device), accumulation, rank_bound=rank_bound)
         return KronDecomposed.from_terms(F, P, beta=1.0, alpha=1.0, first_eigh=spectra), (F, P)
 
     def __mul__(self, scalar: _Number | torch.Tensor) -> "Kron":
@@ -853,17 +855,35 @@ def _rounding_tolerance(M: torch.Tensor, f: torch.Tensor, accumulation: Accumula
     return tol + 4.0 * math.sqrt(max(chain, 1)) * unit * spread
 
 
+# The low-rank route of :func:`_psd_factor`: taken when the factor's rank bound plus the oversampling is at
+# most this fraction of its size (its cost, a few ``d^2 k`` products and one complete QR, against the
+# ``O(d^3)`` of ``eigh``; measured 1.0 s against 7.8 s for ``d = 3137``, ``k = 58`` on one CPU thread).
+LOW_RANK_FRACTION = 1.0 / 3.0
+_LOW_RANK_OVERSAMPLING = 8
+
+
 def _psd_factor(M: torch.Tensor, accumulation: Accumulation | None = None, *,
-                name: str = "a curvature factor") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                name: str = "a curvature factor", rank_bound: int | None = None,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """The projected float64 factor and its eigendecomposition ``(f, V)`` (``f >= 0``).
 
     Eigenvalues within the rounding bound of :func:`_rounding_tolerance` are set to zero (the
     zero eigenvalues of a rank-deficient factor come out as +-noise); every other eigenvalue
     is kept as computed. A negative eigenvalue beyond the bound raises.
+
+    ``rank_bound``: an upper bound on the exact factor's rank (a curvature factor summed from
+    ``k`` rows has rank at most ``k``). When it is small against the size, :func:`_low_rank_psd`
+    gives the same projection in ``O(d^2 k)``; it checks its own result and falls back to the full
+    ``eigh`` when the check fails.
     """
     dtype = M.dtype
     M = M.to(torch.float64)
-    f, V = torch.linalg.eigh((M + M.mT) / 2)
+    M = (M + M.mT) / 2
+    if rank_bound is not None and rank_bound + _LOW_RANK_OVERSAMPLING <= LOW_RANK_FRACTION * M.shape[0]:
+        low = _low_rank_psd(M, rank_bound + _LOW_RANK_OVERSAMPLING, accumulation, dtype)
+        if low is not None:
+            return low
+    f, V = torch.linalg.eigh(M)
     tol = _rounding_tolerance(M, f, accumulation, dtype)
     if f.numel() and float(f.min()) < -tol:
         raise ValueError(error_message(
@@ -876,8 +896,46 @@ def _psd_factor(M: torch.Tensor, accumulation: Accumulation | None = None, *,
     return (V * f) @ V.mT, (f, V)
 
 
-def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = None,
-                 ) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+def _low_rank_psd(M: torch.Tensor, k: int, accumulation: Accumulation | None, dtype: torch.dtype,
+                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
+    """:func:`_psd_factor` for a symmetric float64 ``M`` of rank at most ``k`` (up to rounding), or ``None``.
+
+    A range finder (``Q``: orthonormal basis of ``M Omega``, ``Omega`` a fixed-seed Gaussian
+    ``d x k``) holds the range of ``M`` exactly when its rank is at most ``k``; the eigenvalues
+    and eigenvectors of ``Q^T M Q`` are then those of ``M`` (Rayleigh-Ritz), and an orthonormal
+    complement of the kept eigenvectors (a complete QR) carries the zero eigenvalues. The result
+    is checked, not assumed: the dropped part ``R = M - V diag(f) V^T`` must satisfy
+    ``min(||R||_F, ||R||_1) <= tol`` (both bound its spectral norm), the rounding bound under
+    which the full route zeroes eigenvalues. Then, by Weyl's inequality, every eigenvalue of the
+    result is within ``tol`` of the full route's. Otherwise (``M`` is not of rank ``<= k``, e.g.
+    a rank bound that does not hold) ``None``: the caller takes the full ``eigh``.
+    """
+    size = M.shape[0]
+    gen = torch.Generator(device=M.device).manual_seed(0)
+    omega = torch.randn(size, k, generator=gen, dtype=torch.float64, device=M.device)
+    Q, _ = torch.linalg.qr(M @ omega)
+    B = Q.mT @ M @ Q
+    fb, W = torch.linalg.eigh((B + B.mT) / 2)
+    tol = _rounding_tolerance(M, fb, accumulation, dtype)
+    if fb.numel() and float(fb.min()) < -tol:
+        return None  # the full route names the negative eigenvalue in its error
+    keep = fb > tol
+    V_kept, f_kept = Q @ W[:, keep], fb[keep]
+    low = (V_kept * f_kept) @ V_kept.mT
+    R = M - low
+    dropped = min(float(torch.linalg.matrix_norm(R)), float(R.abs().sum(dim=0).max()))
+    if not dropped <= tol:
+        return None
+    complete, _ = torch.linalg.qr(V_kept, mode="complete")
+    r = V_kept.shape[1]
+    V = torch.cat([complete[:, r:], V_kept], dim=1)  # ascending: the zero eigenvalues first, like eigh
+    f = torch.cat([torch.zeros(size - r, dtype=torch.float64, device=M.device), f_kept])
+    return (low + low.mT) / 2, (f, V)
+
+
+def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = None, *,
+                  rank_bound: int | None = None,
+                  ) -> tuple[Kron, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
     """The curvature factors as exactly symmetric positive semi-definite float64 matrices.
 
     K-FAC factors are positive semi-definite by construction, but they are summed from
@@ -890,10 +948,15 @@ def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = Non
     above the bound are kept. A negative eigenvalue beyond it raises. Returns the factors and
     their eigendecompositions (for :meth:`KronDecomposed.from_terms`, which then needs one
     ``eigh`` fewer per factor).
+
+    ``rank_bound``: the number of rows the input factor ``A`` was summed from
+    (:attr:`Curvature.positions`), an upper bound on its rank; when it is small against the
+    factor's size (few examples, a wide layer) the projection takes a checked low-rank route in
+    ``O(m^2 k)`` instead of an ``O(m^3)`` ``eigh`` (:func:`_low_rank_psd`).
     """
     acc = accumulation or {}
     G, eigh_g = _psd_factor(F.G, acc.get("G"), name="the output factor G of a curvature")
-    A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature")
+    A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature", rank_bound=rank_bound)
     return Kron(G, A), (eigh_g, eigh_a)
 
 
@@ -987,16 +1050,23 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str,
     C = _cholesky((balanced + balanced.mT) / 2, f"{name} of the balanced sum of both terms")
     if first_eigh is not None:
         f, V = (t.to(device=first.device, dtype=torch.float64) for t in first_eigh)
-        root = V * f.clamp_min(0).sqrt()
+        nonzero = f > 0
+        root = V[:, nonzero] * f[nonzero].sqrt()  # the zero eigenvalues add nothing to W W^T
     else:
         root = _psd_root(first)
-    if root is not None:  # C^-1 first C^-T = Y Y^T: positive semi-definite by construction
+    if root is not None and root.shape[1] <= LOW_RANK_FRACTION * root.shape[0]:
+        # a low-rank first term (a few-shot curvature): C^-1 first C^-T = Y Y^T with Y thin, whose
+        # eigenvectors are Y's left singular vectors (no O(d^3) eigh) plus an orthonormal complement
         Y = torch.linalg.solve_triangular(C, root, upper=False)
-        X = Y @ Y.mT
-    else:  # an indefinite first term
-        X = torch.linalg.solve_triangular(C, first, upper=False)  # C^-1 first
-        X = torch.linalg.solve_triangular(C, X.mT, upper=False)  # C^-1 first C^-T
-    mu, U = torch.linalg.eigh((X + X.mT) / 2)
+        mu, U = _thin_gram_eigh(Y)
+    else:
+        if root is not None:  # C^-1 first C^-T = Y Y^T: positive semi-definite by construction
+            Y = torch.linalg.solve_triangular(C, root, upper=False)
+            X = Y @ Y.mT
+        else:  # an indefinite first term
+            X = torch.linalg.solve_triangular(C, first, upper=False)  # C^-1 first
+            X = torch.linalg.solve_triangular(C, X.mT, upper=False)  # C^-1 first C^-T
+        mu, U = torch.linalg.eigh((X + X.mT) / 2)
     mu = _zero_noise(mu)
     nu = 1.0 - s * mu
     if not bool((nu > 0).all()):
@@ -1009,6 +1079,22 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str,
     T = torch.linalg.solve_triangular(C.mT, U, upper=True) / root_nu  # C^-T U diag(nu)^-1/2
     T_inv = root_nu[:, None] * (U.mT @ C.mT)  # diag(nu)^1/2 U^T C^T
     return T, T_inv, mu / nu, logdet_second
+
+
+def _thin_gram_eigh(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigendecomposition of ``Y Y^T`` (``d x d``) for a thin ``Y`` (``d x r``, ``r < d``), ascending like ``eigh``.
+
+    ``Y = U_r diag(s) W^T`` (thin SVD) gives ``Y Y^T = U_r diag(s^2) U_r^T``, computed without
+    forming the square (so without squaring ``Y``'s condition); the other ``d - r`` eigenvalues are
+    exactly zero, with an orthonormal complement of ``U_r`` (a complete QR) as their eigenvectors.
+    Cost ``O(d^2 r)`` instead of ``eigh``'s ``O(d^3)``.
+    """
+    size, r = Y.shape
+    U_r, sv, _ = torch.linalg.svd(Y, full_matrices=False)
+    complete, _ = torch.linalg.qr(U_r, mode="complete")
+    U = torch.cat([complete[:, r:], U_r.flip(-1)], dim=1)
+    mu = torch.cat([torch.zeros(size - r, dtype=Y.dtype, device=Y.device), (sv * sv).flip(-1)])
+    return mu, U
 
 
 def _psd_root(matrix: torch.Tensor) -> torch.Tensor | None:

@@ -737,7 +737,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     scales, calibration_C = _calibrated_scales(model, curvature, scaling, wd, alpha0, beta0, tau0,
                                                per_layer=per_layer, objective=objective, delta=delta)
     rounding = getattr(curvature, "rounding", {})
-    source = {name: psd_projected(curvature.factors[name], rounding.get(name))[0]
+    positions = getattr(curvature, "positions", {})
+    source = {name: psd_projected(curvature.factors[name], rounding.get(name), rank_bound=positions.get(name))[0]
               for name in layers if name != head}
     templates = LayerwiseGaussian.isotropic(model, wd).groups.values()  # means at theta_s, float64
     if head is not None:
@@ -896,6 +897,7 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
         params = {k: v.detach() for k, v in model.items()}
     factors = curvature if isinstance(curvature, Mapping) else curvature.factors
     rounding = {} if isinstance(curvature, Mapping) else getattr(curvature, "rounding", {})
+    positions = {} if isinstance(curvature, Mapping) else getattr(curvature, "positions", {})
     groups: list[GaussianGroup] = []
     for g in matched:
         mean = g.from_params(params).to(torch.float64).to(g.mean.device).clone()
@@ -910,7 +912,7 @@ def posterior(prior: KroneckerPrior, curvature: Any, model: nn.Module | Mapping[
             P_eff = P.scaled(1.0 / float(g.temperature)) if float(g.temperature) != 1.0 else P
             # the curvature's structure decides the form (Kronecker: exact joint eigenbasis;
             # diagonal: beta f + alpha diag(P))
-            prec, terms = F.posterior_with(P_eff, rounding.get(g.name))
+            prec, terms = F.posterior_with(P_eff, rounding.get(g.name), rank_bound=positions.get(g.name))
             groups.append(GaussianGroup(g.name, g.parameter_names, g.parameter_shapes, g.layer, mean,
                                         prec, 1.0, terms))
         else:

@@ -662,10 +662,12 @@ class DiagonalCurvature:
     def projected_diagonal(self, left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor:
         return _project_diagonal(self.values, left, right)
 
-    def posterior_with(self, prior: Precision, accumulation: Any = None) -> tuple[DiagonalDecomposed, tuple[Any, Precision]]:
+    def posterior_with(self, prior: Precision, accumulation: Any = None, *, rank_bound: int | None = None,
+                       ) -> tuple[DiagonalDecomposed, tuple[Any, Precision]]:
         """``f + diag(P)``: a :class:`DiagonalDecomposed` whose KL to ``P`` stays exact, and its terms.
 
-        (``accumulation`` is not needed: sums of squares are non-negative in any rounding.)
+        (``accumulation`` and ``rank_bound`` are not needed: sums of squares are non-negative in
+        any rounding, and a diagonal needs no eigendecomposition.)
         """
         p = prior.projected_diagonal(None, None).to(device=self.device, dtype=_F64)
         if p.ndim == 0:

@@ -1,0 +1,142 @@
+"""The low-rank route of the curvature's PSD projection and of the joint eigenbasis.
+
+A few-shot curvature of a wide layer has an input factor ``A`` (``m x m``) summed from ``k << m``
+rows, so its rank is at most ``k`` (:attr:`Curvature.positions`). The projection then skips the
+``O(m^3)`` ``eigh``: a range finder, Rayleigh-Ritz and a complete QR give the same
+eigendecomposition in ``O(m^2 k)``, and the joint eigenbasis with a full prior takes the thin SVD
+of ``C^-1 W`` instead of the ``eigh`` of ``C^-1 A C^-T``. Every check here is against the dense
+route or dense matrices, in float64, on tiny sizes (well- and ill-conditioned), plus the
+fallback when the rank bound does not hold and the end-to-end posterior of a network.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import skkprior.kron as kron
+from skkprior import isotropic_prior, kfac, posterior
+from skkprior.kron import Kron, _joint_eig, _psd_factor, _rounding_tolerance, psd_projected
+from skkprior.testing import random_spd
+
+DT = torch.float64
+
+
+def _low_rank(m: int, r: int, cond: float, seed: int) -> torch.Tensor:
+    """``m x m`` PSD of rank ``r``, eigenvalues log-spaced from 1 down to ``1 / cond``."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(m, r, generator=gen, dtype=DT))
+    f = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), r, dtype=DT)
+    M = (q * f) @ q.T
+    return (M + M.T) / 2
+
+
+@pytest.mark.parametrize("m, r, cond, seed", [(60, 5, 10.0, 0), (90, 12, 1e8, 1), (75, 1, 1.0, 2), (48, 8, 1e12, 3)])
+def test_low_rank_route_equals_the_dense_route(m, r, cond, seed):
+    M = _low_rank(m, r, cond, seed)
+    assert r + kron._LOW_RANK_OVERSAMPLING <= kron.LOW_RANK_FRACTION * m  # the low-rank route is taken
+    low = kron._low_rank_psd(M, r + kron._LOW_RANK_OVERSAMPLING, None, DT)
+    assert low is not None, "the check refused an exactly low-rank factor"
+    projected, (f, V) = low
+    full, (f_full, V_full) = _psd_factor(M)  # no rank bound: eigh of the whole factor
+    tol = _rounding_tolerance(M, f_full, None, DT)
+    # a complete orthonormal eigenbasis, ascending eigenvalues, non-negative, like eigh
+    assert V.shape == (m, m) and f.shape == (m,)
+    torch.testing.assert_close(V.T @ V, torch.eye(m, dtype=DT), atol=1e-13, rtol=0)
+    assert bool((f[1:] >= f[:-1]).all()) and bool((f >= 0).all())
+    # the same eigenvalues (within the projection's rounding bound: Weyl) and the same matrix
+    assert float((f - f_full).abs().max()) <= tol
+    assert float((projected - full).abs().max()) <= 2 * tol
+    torch.testing.assert_close((V * f) @ V.T, projected, atol=1e-14, rtol=0)
+    # the kept eigenvalues are the real ones (rank r), within rounding of the truth
+    assert int((f > 0).sum()) == int((f_full > 0).sum())
+
+
+def test_rank_bound_routes_through_psd_factor_and_zero_factor():
+    M = _low_rank(90, 10, 1e4, 5)
+    with_bound = _psd_factor(M, rank_bound=10)
+    without = _psd_factor(M)
+    tol = _rounding_tolerance(M, without[1][0], None, DT)
+    assert float((with_bound[0] - without[0]).abs().max()) <= 2 * tol
+    # an all-zero factor (a layer no example reached): zero eigenvalues, orthonormal basis
+    projected, (f, V) = _psd_factor(torch.zeros(60, 60, dtype=DT), rank_bound=0)
+    assert bool((f == 0).all()) and bool((projected == 0).all())
+    torch.testing.assert_close(V.T @ V, torch.eye(60, dtype=DT), atol=1e-13, rtol=0)
+
+
+def test_a_wrong_rank_bound_falls_back_to_the_dense_route():
+    M = _low_rank(90, 40, 10.0, 6)  # rank 40, but the caller claims 5
+    assert kron._low_rank_psd(M, 5 + kron._LOW_RANK_OVERSAMPLING, None, DT) is None
+    projected, (f, _) = _psd_factor(M, rank_bound=5)
+    reference, (f_ref, _) = _psd_factor(M)
+    assert torch.equal(projected, reference) and torch.equal(f, f_ref)  # bit-identical: the same eigh
+    assert int((f > 0).sum()) == 40
+
+
+def test_an_indefinite_factor_still_raises_with_a_rank_bound():
+    M = _low_rank(60, 4, 10.0, 7)
+    M = M - 0.5 * _low_rank(60, 1, 1.0, 8)  # a negative eigenvalue far beyond rounding
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        _psd_factor(M, rank_bound=5)
+
+
+@pytest.mark.parametrize("cond_second", [1.0e2, 1.0e8])
+def test_joint_eigenbasis_with_a_low_rank_first_term_against_dense(cond_second):
+    m, r = 72, 6
+    first = _low_rank(m, r, 1e6, 9)
+    second = random_spd(m, cond=cond_second, generator=torch.Generator().manual_seed(10))
+    projected, spectrum = _psd_factor(first, rank_bound=r)
+    T, T_inv, D, logdet = _joint_eig(projected, second, "A", spectrum)
+    eye = torch.eye(m, dtype=DT)
+    scale = float(torch.linalg.matrix_norm(first, 2))
+    # the float64 accuracy of a pencil reduced through a Cholesky factor: about m eps cond (measured here:
+    # 4e-14 / 1e-9 at cond 1e2 / 1e8, the dense eigh route 6e-14 / 1.4e-8)
+    tol = m * torch.finfo(DT).eps * cond_second
+    # T^T first T = diag(D), T^T second T = I, T_inv T = I (relative to each term's size)
+    assert float((T.T @ projected @ T - torch.diag(D)).abs().max()) <= tol * max(1.0, float(D.abs().max()))
+    torch.testing.assert_close(T.T @ second @ T, eye, atol=tol, rtol=0)
+    torch.testing.assert_close(T_inv @ T, eye, atol=tol, rtol=0)
+    # the generalized eigenvalues of the dense pencil: r positive ones, the rest exactly zero
+    dense = torch.linalg.eigvalsh(torch.linalg.solve(torch.linalg.cholesky(second), torch.linalg.solve(
+        torch.linalg.cholesky(second), projected).T))
+    torch.testing.assert_close(D.sort().values, dense.sort().values, atol=tol * scale, rtol=1e-8)
+    assert int((D == 0).sum()) == m - r
+    torch.testing.assert_close(logdet, torch.logdet(second), atol=1e-9, rtol=1e-12)
+    # the same basis quantities as the dense eigh route (no spectrum given: eigh of C^-1 first C^-T)
+    _, _, D_dense_route, _ = _joint_eig(projected, second, "A", None)
+    torch.testing.assert_close(D.sort().values, D_dense_route.sort().values, atol=tol * scale, rtol=1e-8)
+
+
+def test_few_shot_posterior_of_a_wide_layer_equals_the_dense_route(monkeypatch):
+    """A 150-input layer, 12 examples: the input factor has rank <= 12 and takes the low-rank route
+    (counted); the posterior equals the one computed with the route switched off (KL ~ 0, and the
+    per-layer precision matrices agree densely)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(150, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    X, y = torch.randn(12, 150, dtype=DT), torch.randint(0, 3, (12,))
+    curv = kfac(net, X, y, fisher="exact", progress=False)
+    assert curv.positions["0"] == 12
+    calls = []
+    original = kron._low_rank_psd
+    monkeypatch.setattr(kron, "_low_rank_psd", lambda *a, **k: calls.append(a[1]) or original(*a, **k))
+    prior = isotropic_prior(net, weight_decay=0.5)
+    low = posterior(prior, curv, net)
+    assert calls == [12 + kron._LOW_RANK_OVERSAMPLING]  # layer "0" only: the head's A is 7 x 7
+    monkeypatch.setattr(kron, "LOW_RANK_FRACTION", 0.0)
+    full = posterior(prior, curv, net)
+    for name in ("0", "2"):
+        torch.testing.assert_close(low.groups[name].precision.to_dense(), full.groups[name].precision.to_dense(),
+                                   atol=1e-10, rtol=1e-10)
+    assert abs(float(low.kl(full).total)) <= 1e-9
+    torch.testing.assert_close(low.kl_to_prior().total, full.kl_to_prior().total, atol=1e-9, rtol=1e-10)
+
+
+def test_psd_projected_passes_the_rank_bound_to_the_input_factor_only():
+    gen = torch.Generator().manual_seed(11)
+    G = random_spd(4, cond=10.0, generator=gen)
+    A = _low_rank(80, 5, 100.0, 12)
+    projected, ((f_g, _), (f_a, V_a)) = psd_projected(Kron(G, A), rank_bound=5)
+    assert bool((f_g > 0).all())  # the output factor is full rank and kept whole
+    assert int((f_a > 0).sum()) == 5
+    torch.testing.assert_close(projected.A, (V_a * f_a) @ V_a.T, atol=1e-14, rtol=0)

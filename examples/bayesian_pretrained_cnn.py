@@ -3,7 +3,9 @@
 The pretrained MNIST CNN and its Laplace posterior (exact two-term form and the compressed learned
 prior), compared as MAP, Monte-Carlo and linearized predictives on held-out MNIST (accuracy, NLL,
 ECE) and for telling MNIST from Fashion-MNIST and Animal-MNIST (AUROC of the maximum probability).
-The posterior's scales are chosen on MNIST validation digits only (``NLL_TOLERANCE`` rule).
+The posterior's scales are chosen on MNIST validation digits only (the tolerance rule of
+:func:`_choose`: no detectable accuracy loss against the MAP by McNemar's exact test at level
+``ACCURACY_TEST_LEVEL``, NLL within ``NLL_TOLERANCE``).
 
 Run::
 
@@ -36,6 +38,9 @@ from skkprior.predictive import linearized_logit_moments, predict_proba_map, pre
 
 NAME = "bayesian_pretrained_cnn"
 NLL_TOLERANCE = 0.01
+# the accuracy tolerance comes from the validation digits: a grid point passes unless McNemar's exact one-sided
+# test on the digits where it and the MAP disagree says it is less accurate at this level (docs: the rule)
+ACCURACY_TEST_LEVEL = 0.05
 # posterior AUROC >= MAP AUROC - slack (docs/examples/bayesian_pretrained_cnn.md): measured spread of the gain at test size
 # (sd 0.014 over 3 seeds x 4 CPU paths) and the full run's near-tie
 AUROC_SLACK_SMALL = 0.02
@@ -67,9 +72,30 @@ def _probit(mean: torch.Tensor, cov: torch.Tensor, tau: float) -> np.ndarray:
     return torch.softmax(mean * torch.rsqrt(1.0 + math.pi / 8.0 * var), dim=-1).cpu().numpy()
 
 
+def _paired(p: np.ndarray, p_map: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The paired comparison with the MAP on the same digits: McNemar's exact one-sided test.
+
+    ``worse``: digits the candidate gets wrong and the MAP right; ``better``: the reverse. Under
+    "as accurate as the MAP" each disagreement goes either way with probability 1/2, so the
+    p-value of "less accurate" is ``P(Binomial(worse + better, 1/2) >= worse)``.
+    """
+    right, right_map = p.argmax(axis=1) == y, p_map.argmax(axis=1) == y
+    worse, better = int((~right & right_map).sum()), int((right & ~right_map).sum())
+    n = worse + better
+    p_value = sum(math.comb(n, k) for k in range(worse, n + 1)) / 2.0 ** n if n else 1.0
+    return {"worse": worse, "better": better, "p_value": p_value}
+
+
 def _choose(scores: list[dict[str, Any]], map_val: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tolerance rule choice, plain NLL choice) among grid ``scores``."""
-    ok = [s for s in scores if s["accuracy"] >= map_val["accuracy"] and s["nll"] <= map_val["nll"] + NLL_TOLERANCE]
+    """(tolerance rule choice, plain NLL choice) among grid ``scores``.
+
+    The rule: among the grid points whose validation accuracy is not detectably below the MAP's
+    (McNemar's exact test, :func:`_paired`, p-value at least ``ACCURACY_TEST_LEVEL``) and whose
+    validation NLL is within ``NLL_TOLERANCE`` of the MAP's, the broadest (highest mean predictive
+    entropy); none passing: the lowest validation NLL.
+    """
+    ok = [s for s in scores
+          if s["p_value"] >= ACCURACY_TEST_LEVEL and s["nll"] <= map_val["nll"] + NLL_TOLERANCE]
     rule = max(ok, key=lambda s: s["entropy"]) if ok else min(scores, key=lambda s: s["nll"])
     return rule, min(scores, key=lambda s: s["nll"])
 
@@ -119,17 +145,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for t in TEMPERATURES:
             if cfg["all_rows"]:
                 p_lin = _probit(mean, cov, t)
-                grid_lin.append({"alpha": a, "tau": t, **evaluate(p_lin, y_val), "entropy": _entropy(p_lin)})
+                grid_lin.append({"alpha": a, "tau": t, **evaluate(p_lin, y_val), "entropy": _entropy(p_lin),
+                                 **_paired(p_lin, p_val_map, y_val)})
             p_mc = predict_proba_mc(net, q_a.with_scales(temperature=t), to_t(X_val),
                                     n_samples=cfg["n_samples_val"], generator=gen(1)).cpu().numpy()
-            grid_mc.append({"alpha": a, "tau": t, **evaluate(p_mc, y_val), "entropy": _entropy(p_mc)})
+            grid_mc.append({"alpha": a, "tau": t, **evaluate(p_mc, y_val), "entropy": _entropy(p_mc),
+                            **_paired(p_mc, p_val_map, y_val)})
     mc_rule, mc_nll = _choose(grid_mc, map_val)
     lin_rule, lin_nll = _choose(grid_lin, map_val) if grid_lin else (None, None)
     grid_iso = []
     for prec in ISOTROPIC_PRECISIONS if cfg["all_rows"] else ():
         p_iso = predict_proba_mc(net, LayerwiseGaussian.isotropic(net, prec), to_t(X_val),
                                  n_samples=cfg["n_samples_val"], generator=gen(1)).cpu().numpy()
-        grid_iso.append({"alpha": prec / DELTA, "tau": 1.0, **evaluate(p_iso, y_val), "entropy": _entropy(p_iso)})
+        grid_iso.append({"alpha": prec / DELTA, "tau": 1.0, **evaluate(p_iso, y_val), "entropy": _entropy(p_iso),
+                         **_paired(p_iso, p_val_map, y_val)})
     iso_rule = _choose(grid_iso, map_val)[0] if grid_iso else None
 
     # --- evaluation on MNIST test, Fashion-MNIST and Animal-MNIST ----------------------------------------------
@@ -181,7 +210,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "auroc_fashion": ood_auroc(p_in, p_f), "auroc_animal": ood_auroc(p_in, p_a)})
     elapsed = time.perf_counter() - start
     extra = {
-        "config": cfg, "delta": DELTA, "nll_tolerance": NLL_TOLERANCE,
+        "config": cfg, "delta": DELTA, "nll_tolerance": NLL_TOLERANCE, "accuracy_test_level": ACCURACY_TEST_LEVEL,
         "grid": {"prior_scales": PRIOR_SCALES, "temperatures": TEMPERATURES},
         "isotropic_precisions": ISOTROPIC_PRECISIONS,
         "validation": {"map": map_val, "mc": grid_mc, "linearized": grid_lin, "isotropic": grid_iso},
@@ -206,13 +235,15 @@ def _check(result: dict[str, Any]) -> None:
     """The claims, with thresholds from the measured runs (see docs/examples/bayesian_pretrained_cnn.md).
 
     The full configuration (``n_ood`` None: all OOD test images) is checked against its own
-    measured run, where the selection rule falls back to the sharpest posterior (docs/examples/bayesian_pretrained_cnn.md).
+    measured run (GPU), where the earlier selection rule fell back to the sharpest posterior
+    (docs/examples/bayesian_pretrained_cnn.md); its slack stays that small until a full run with the
+    current rule is measured.
     """
     by = {r["method"]: r for r in result["rows"]}
     mp = by["MAP (pretrained CNN)"]
     # the pretrained net has (almost certainly) seen these digits: near-perfect held-out accuracy
     assert mp["accuracy"] >= 0.99, mp
-    # at full size a tie is allowed, the chosen posterior being nearly the MAP (-0.0005 .. +0.003); on
+    # at full size a tie is allowed (the earlier rule's run: -0.0005 .. +0.003 against the MAP); on
     # the OOD subsets of the test and quick sizes, the measured spread of the gain (docs/examples/bayesian_pretrained_cnn.md)
     full = result["config"]["n_ood"] is None
     slack = AUROC_SLACK_FULL if full else AUROC_SLACK_SMALL

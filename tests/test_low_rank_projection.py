@@ -193,3 +193,15 @@ def test_low_rank_route_with_rounding_noise_in_every_direction():
     assert int((f > 0).sum()) == int((f_full > 0).sum()) == r
     assert float((f - f_full).abs().max()) <= tol
     assert float(torch.linalg.matrix_norm(projected - full, 2)) <= 2 * tol
+
+
+def test_joint_eigenbasis_with_an_all_zero_first_term():
+    """A layer no example reached (curvature 0) under a full prior: the thin route with no columns."""
+    m = 30
+    second = random_spd(m, cond=10.0, generator=torch.Generator().manual_seed(18))
+    projected, spectrum = _psd_factor(torch.zeros(m, m, dtype=DT), rank_bound=0)
+    T, T_inv, D, logdet = _joint_eig(projected, second, "A", spectrum)
+    assert bool((D == 0).all())
+    torch.testing.assert_close(T.T @ second @ T, torch.eye(m, dtype=DT), atol=1e-12, rtol=0)
+    torch.testing.assert_close(T_inv @ T, torch.eye(m, dtype=DT), atol=1e-12, rtol=0)
+    torch.testing.assert_close(logdet, torch.logdet(second), atol=1e-10, rtol=1e-12)

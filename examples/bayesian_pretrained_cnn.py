@@ -24,6 +24,7 @@ import argparse
 import logging
 import math
 import time
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,8 @@ def _paired(p: np.ndarray, p_map: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     right, right_map = p.argmax(axis=1) == y, p_map.argmax(axis=1) == y
     worse, better = int((~right & right_map).sum()), int((right & ~right_map).sum())
     n = worse + better
-    p_value = sum(math.comb(n, k) for k in range(worse, n + 1)) / 2.0 ** n if n else 1.0
+    # exact integers (a float 2.0 ** n overflows past n = 1023 disagreements)
+    p_value = float(Fraction(sum(math.comb(n, k) for k in range(worse, n + 1)), 2 ** n)) if n else 1.0
     return {"worse": worse, "better": better, "p_value": p_value}
 
 

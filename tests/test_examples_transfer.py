@@ -51,6 +51,10 @@ def test_scale_rule_mcnemar_counts_and_choice(example_module):
     # a MAP right on every digit: up to four extra errors pass at level 0.05 (0.5^4), five do not
     assert example._paired(np.tile(wrong, (4, 1)), np.tile(right, (4, 1)), y[:4])["p_value"] == 0.0625
     assert example._paired(np.tile(wrong, (5, 1)), np.tile(right, (5, 1)), y[:5])["p_value"] == 0.03125
+    # thousands of disagreements (a posterior at chance on a large validation set): no overflow
+    many = np.zeros(3000, dtype=int)
+    out = example._paired(np.tile(wrong, (3000, 1)), np.tile(right, (3000, 1)), many)
+    assert out["worse"] == 3000 and out["p_value"] == 0.0
 
     map_val = {"accuracy": 1.0, "nll": 0.001}
     tol = example.NLL_TOLERANCE

@@ -7,7 +7,7 @@ low-rank route (``O(m^2 k)``, ``skkprior.kron._low_rank_psd``) instead of ``eigh
 This benchmark builds the posterior of the pretrained MNIST CNN (``docs/data.md``) from the
 K-FAC curvature of ``k`` MNIST digits, under an isotropic prior and under a learned Kronecker
 prior (from 2,000 other digits), once with the low-rank route (the default) and once with it
-switched off (``LOW_RANK_FRACTION = 0``: the dense route), in the same run, and reports both
+switched off (``_LOW_RANK_FRACTION = 0``: the dense route), in the same run, and reports both
 times, their ratio and the agreement of the two posteriors (``KL`` in both directions: rounding
 only).
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _timed_posterior(prior: Any, curvature: Any, net: torch.nn.Module, fraction: float) -> tuple[Any, float]:
-    kron.LOW_RANK_FRACTION = fraction
+    kron._LOW_RANK_FRACTION = fraction
     start = time.perf_counter()
     post = posterior(prior, curvature, net)
     return post, time.perf_counter() - start
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     source = kfac(net, X[-args.source_n:], y[-args.source_n:], device=device,
                   generator=torch.Generator(device=device).manual_seed(0), progress=False)
     priors = {"isotropic": isotropic_prior(net), "learned": learn_prior(net, None, curvature=source)}
-    default = kron.LOW_RANK_FRACTION
+    default = kron._LOW_RANK_FRACTION
     rows = []
     try:
         for k in shots:
@@ -91,12 +91,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             for name, prior in priors.items():
                 low, low_s = _timed_posterior(prior, curvature, net, default)
                 dense, dense_s = _timed_posterior(prior, curvature, net, 0.0)
-                kron.LOW_RANK_FRACTION = default
+                kron._LOW_RANK_FRACTION = default
                 rows.append({"k": k, "prior": name, "low_rank_s": low_s, "dense_s": dense_s, "ratio": dense_s / low_s,
                              "kl_low_dense": float(low.kl(dense).total), "kl_dense_low": float(dense.kl(low).total)})
                 print(f"k={k} {name}: low-rank {low_s:.2f} s, dense {dense_s:.2f} s", flush=True)
     finally:
-        kron.LOW_RANK_FRACTION = default
+        kron._LOW_RANK_FRACTION = default
     table = "\n".join(f"k={r['k']:5d} {r['prior']:9s} low-rank {fmt_s(r['low_rank_s'])} dense {fmt_s(r['dense_s'])} "
                       f"ratio {fmt_r(r['ratio'])} KL {r['kl_low_dense']:.1e} / {r['kl_dense_low']:.1e}" for r in rows)
     run.finish(args, argv, rows, table, markdown, source_n=args.source_n, threads=args.threads)

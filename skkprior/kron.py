@@ -31,6 +31,7 @@ cut is documented on :class:`KronDecomposed`: eigenvalues at the rounding level 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from typing import Any, Literal, Mapping, Sequence
 
@@ -858,7 +859,7 @@ def _rounding_tolerance(M: torch.Tensor, f: torch.Tensor, accumulation: Accumula
 # The low-rank route of :func:`_psd_factor`: taken when the factor's rank bound plus the oversampling is at
 # most this fraction of its size (its cost, a few ``d^2 k`` products and one complete QR, against the
 # ``O(d^3)`` of ``eigh``; measured 1.0 s against 7.8 s for ``d = 3137``, ``k = 58`` on one CPU thread).
-LOW_RANK_FRACTION = 1.0 / 3.0
+_LOW_RANK_FRACTION = 1.0 / 3.0
 _LOW_RANK_OVERSAMPLING = 8
 
 
@@ -879,7 +880,7 @@ def _psd_factor(M: torch.Tensor, accumulation: Accumulation | None = None, *,
     dtype = M.dtype
     M = M.to(torch.float64)
     M = (M + M.mT) / 2
-    if rank_bound is not None and rank_bound + _LOW_RANK_OVERSAMPLING <= LOW_RANK_FRACTION * M.shape[0]:
+    if rank_bound is not None and rank_bound + _LOW_RANK_OVERSAMPLING <= _LOW_RANK_FRACTION * M.shape[0]:
         low = _low_rank_psd(M, rank_bound + _LOW_RANK_OVERSAMPLING, accumulation, dtype)
         if low is not None:
             return low
@@ -921,6 +922,8 @@ def _low_rank_psd(M: torch.Tensor, k: int, accumulation: Accumulation | None, dt
     # 50-shot MNIST CNN factor: the dropped part's norm 1.4e-4 -> 6.9e-6, the noise level itself)
     Q, _ = torch.linalg.qr(M @ Q)
     B = Q.mT @ M @ Q
+    if not bool(torch.isfinite(B).all()):  # products that overflowed: the dense route and its checks decide
+        return None
     fb, W = torch.linalg.eigh((B + B.mT) / 2)
     tol = _rounding_tolerance(M, fb, accumulation, dtype)
     if fb.numel() and float(fb.min()) < -tol:
@@ -931,11 +934,19 @@ def _low_rank_psd(M: torch.Tensor, k: int, accumulation: Accumulation | None, dt
     R = M - low
     if not _spectral_norm_bound(R, gen) <= tol:
         return None
-    complete, _ = torch.linalg.qr(V_kept, mode="complete")
-    r = V_kept.shape[1]
-    V = torch.cat([complete[:, r:], V_kept], dim=1)  # ascending: the zero eigenvalues first, like eigh
-    f = torch.cat([torch.zeros(size - r, dtype=torch.float64, device=M.device), f_kept])
-    return (low + low.mT) / 2, (f, V)
+    return (low + low.mT) / 2, _with_null_space(f_kept, V_kept)
+
+
+def _with_null_space(f: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A complete eigendecomposition from the ``r`` non-zero eigenpairs ``(f, V)`` (``V``: ``d x r``, ascending ``f``).
+
+    The other ``d - r`` eigenvalues are exactly zero; their eigenvectors are an orthonormal
+    complement of ``V`` (a complete QR, ``O(d^2 r)``). Ascending order, zeros first, like ``eigh``.
+    """
+    size, r = V.shape
+    complete, _ = torch.linalg.qr(V, mode="complete")
+    basis = torch.cat([complete[:, r:], V], dim=1)
+    return torch.cat([torch.zeros(size - r, dtype=f.dtype, device=f.device), f]), basis
 
 
 def _spectral_norm_bound(R: torch.Tensor, generator: torch.Generator, power: int = 8, probes: int = 10) -> float:
@@ -986,6 +997,16 @@ def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = Non
     factor's size (few examples, a wide layer) the projection takes a checked low-rank route in
     ``O(m^2 k)`` instead of an ``O(m^3)`` ``eigh`` (:func:`_low_rank_psd`).
     """
+    if rank_bound is not None:
+        try:
+            bound = operator.index(rank_bound) if not isinstance(rank_bound, bool) else -1
+        except TypeError:
+            bound = -1
+        if bound < 0:
+            raise ValueError(error_message("rank_bound", "None or a non-negative integer (the number of rows "
+                                           "the input factor was summed from)", rank_bound,
+                                           "Pass Curvature.positions[layer], or None for no bound."))
+        rank_bound = bound
     acc = accumulation or {}
     G, eigh_g = _psd_factor(F.G, acc.get("G"), name="the output factor G of a curvature")
     A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature", rank_bound=rank_bound)
@@ -1086,7 +1107,7 @@ def _joint_eig(first: torch.Tensor, second: torch.Tensor, name: str,
         root = V[:, nonzero] * f[nonzero].sqrt()  # the zero eigenvalues add nothing to W W^T
     else:
         root = _psd_root(first)
-    if root is not None and root.shape[1] <= LOW_RANK_FRACTION * root.shape[0]:
+    if root is not None and root.shape[1] <= _LOW_RANK_FRACTION * root.shape[0]:
         # a low-rank first term (a few-shot curvature): C^-1 first C^-T = Y Y^T with Y thin, whose
         # eigenvectors are Y's left singular vectors (no O(d^3) eigh) plus an orthonormal complement
         Y = torch.linalg.solve_triangular(C, root, upper=False)
@@ -1118,15 +1139,11 @@ def _thin_gram_eigh(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     ``Y = U_r diag(s) W^T`` (thin SVD) gives ``Y Y^T = U_r diag(s^2) U_r^T``, computed without
     forming the square (so without squaring ``Y``'s condition); the other ``d - r`` eigenvalues are
-    exactly zero, with an orthonormal complement of ``U_r`` (a complete QR) as their eigenvectors.
-    Cost ``O(d^2 r)`` instead of ``eigh``'s ``O(d^3)``.
+    exactly zero, with an orthonormal complement of ``U_r`` (:func:`_with_null_space`) as their
+    eigenvectors. Cost ``O(d^2 r)`` instead of ``eigh``'s ``O(d^3)``.
     """
-    size, r = Y.shape
     U_r, sv, _ = torch.linalg.svd(Y, full_matrices=False)
-    complete, _ = torch.linalg.qr(U_r, mode="complete")
-    U = torch.cat([complete[:, r:], U_r.flip(-1)], dim=1)
-    mu = torch.cat([torch.zeros(size - r, dtype=Y.dtype, device=Y.device), (sv * sv).flip(-1)])
-    return mu, U
+    return _with_null_space((sv * sv).flip(-1), U_r.flip(-1))
 
 
 def _psd_root(matrix: torch.Tensor) -> torch.Tensor | None:

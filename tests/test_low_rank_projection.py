@@ -35,7 +35,7 @@ def _low_rank(m: int, r: int, cond: float, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("m, r, cond, seed", [(60, 5, 10.0, 0), (90, 12, 1e8, 1), (75, 1, 1.0, 2), (48, 8, 1e12, 3)])
 def test_low_rank_route_equals_the_dense_route(m, r, cond, seed):
     M = _low_rank(m, r, cond, seed)
-    assert r + kron._LOW_RANK_OVERSAMPLING <= kron.LOW_RANK_FRACTION * m  # the low-rank route is taken
+    assert r + kron._LOW_RANK_OVERSAMPLING <= kron._LOW_RANK_FRACTION * m  # the low-rank route is taken
     low = kron._low_rank_psd(M, r + kron._LOW_RANK_OVERSAMPLING, None, DT)
     assert low is not None, "the check refused an exactly low-rank factor"
     projected, (f, V) = low
@@ -123,7 +123,7 @@ def test_few_shot_posterior_of_a_wide_layer_equals_the_dense_route(monkeypatch):
     prior = isotropic_prior(net, weight_decay=0.5)
     low = posterior(prior, curv, net)
     assert calls == [12 + kron._LOW_RANK_OVERSAMPLING]  # layer "0" only: the head's A is 7 x 7
-    monkeypatch.setattr(kron, "LOW_RANK_FRACTION", 0.0)
+    monkeypatch.setattr(kron, "_LOW_RANK_FRACTION", 0.0)
     full = posterior(prior, curv, net)
     for name in ("0", "2"):
         torch.testing.assert_close(low.groups[name].precision.to_dense(), full.groups[name].precision.to_dense(),
@@ -205,3 +205,27 @@ def test_joint_eigenbasis_with_an_all_zero_first_term():
     torch.testing.assert_close(T.T @ second @ T, torch.eye(m, dtype=DT), atol=1e-12, rtol=0)
     torch.testing.assert_close(T_inv @ T, torch.eye(m, dtype=DT), atol=1e-12, rtol=0)
     torch.testing.assert_close(logdet, torch.logdet(second), atol=1e-10, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "5", True])
+def test_psd_projected_refuses_a_bad_rank_bound(bad):
+    F = Kron(random_spd(3, cond=10.0, generator=torch.Generator().manual_seed(19)), _low_rank(40, 2, 10.0, 20))
+    with pytest.raises(ValueError, match="rank_bound"):
+        psd_projected(F, rank_bound=bad)
+
+
+def test_integer_like_rank_bounds_are_accepted():
+    import numpy as np
+
+    F = Kron(random_spd(3, cond=10.0, generator=torch.Generator().manual_seed(21)), _low_rank(60, 3, 10.0, 22))
+    reference = psd_projected(F, rank_bound=3)[0]
+    for bound in (np.int64(3), torch.tensor(3)):
+        torch.testing.assert_close(psd_projected(F, rank_bound=bound)[0].A, reference.A, atol=0, rtol=0)
+
+
+def test_low_rank_route_declines_overflowing_products():
+    """Entries near the float64 limit overflow M Omega: the route declines and the dense route decides."""
+    unit = _low_rank(60, 2, 10.0, 23)
+    M = (unit / unit.abs().max()) * 1.5e308  # finite, largest entry 1.5e308
+    assert bool(torch.isfinite(M).all())
+    assert kron._low_rank_psd(M, 2 + kron._LOW_RANK_OVERSAMPLING, None, DT) is None

@@ -78,13 +78,13 @@ INIT_RULE = ("every prior's MAP training starts from the source network's weight
 
 # shots: examples per class; pairs: "source>target" (targets: rot<degrees>, digits, fashion, animal);
 # prior_scaling / compression: the learned prior's construction (learn_prior); scaling: the estimator's
-# scale-selection rule, the same for every prior; relatedness: the x axis of the figure (probe,
+# scale-selection rule, the same for every prior (cv_scoring: its score when scaling="cv"); relatedness: the x axis of the figure (probe,
 # confidence or zero_shot); probe_per_class: shots of the linear probe; fashion_*: source 2's training
 # (epochs, seed, training images: None is all 60,000); n_source: source images of each prior's curvature pass
 FULL = {"pairs": ("mnist>rot0", "mnist>rot30", "mnist>rot60", "mnist>rot90", "mnist>rot180", "mnist>digits",
                   "mnist>fashion", "mnist>animal", "fashion>animal", "fashion>rot0"),
         "shots": (1, 5, 10, 20, 100), "seeds": 3, "first_seed": 0, "n_test": None, "n_samples": 100, "steps": 200,
-        "scaling": "validation", "prior_scaling": "pac-bayes", "compression": "damped", "relatedness": "probe",
+        "scaling": "validation", "cv_scoring": "accuracy", "prior_scaling": "pac-bayes", "compression": "damped", "relatedness": "probe",
         "probe_per_class": 10, "fashion_epochs": 3, "fashion_seed": 0, "fashion_n_train": None, "n_source": None}
 QUICK = {**FULL, "pairs": ("mnist>rot30", "mnist>digits", "mnist>animal", "fashion>animal"), "shots": (5,),
          "seeds": 1, "n_test": 500, "n_samples": 10, "steps": 60, "fashion_epochs": 1, "n_source": 5000}
@@ -279,6 +279,7 @@ def make_classifier(net: MnistCNN, prior: Any, n_train: int, *, cfg: dict[str, A
     batches = math.ceil(n_train / HYPER["batch_size"])
     settings = {"weight_decay": HYPER["weight_decay"], "lr": HYPER["lr"], "batch_size": HYPER["batch_size"],
                 "max_epochs": max(1, math.ceil(cfg["steps"] / batches)), "scaling": cfg["scaling"],
+                "cv_scoring": cfg["cv_scoring"],
                 "predictive": "mc", "n_samples": cfg["n_samples"], "device": device, "random_state": seed,
                 **overrides}
     return KroneckerPriorClassifier(net, prior=prior, **settings)

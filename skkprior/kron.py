@@ -390,7 +390,8 @@ class Kron(Precision):
             raise ValueError(error_message("the prior precision of a Kronecker curvature",
                                            "one Kronecker product (or isotropic)", type(prior).__name__,
                                            "Compress the prior with as_prior(), or use a diagonal curvature."))
-        F, spectra = psd_projected(self.to(device=P.device), accumulation, rank_bound=rank_bound)
+        F = self if self.device == P.device else self.to(device=P.device)  # keeps a projection's cache
+        F, spectra = psd_projected(F, accumulation, rank_bound=rank_bound)
         return KronDecomposed.from_terms(F, P, beta=1.0, alpha=1.0, first_eigh=spectra), (F, P)
 
     def __mul__(self, scalar: _Number | torch.Tensor) -> "Kron":
@@ -996,6 +997,10 @@ def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = Non
     (:attr:`Curvature.positions`), an upper bound on its rank; when it is small against the
     factor's size (few examples, a wide layer) the projection takes a checked low-rank route in
     ``O(m^2 k)`` instead of an ``O(m^3)`` ``eigh`` (:func:`_low_rank_psd`).
+
+    A product returned by this function is its own projection: projecting it again returns it
+    and its eigendecompositions at no cost (while its factors are not modified in place), so a
+    caller that projects once may hand the result to :func:`~skkprior.laplace.posterior`.
     """
     if rank_bound is not None:
         try:
@@ -1007,10 +1012,25 @@ def psd_projected(F: Kron, accumulation: Mapping[str, Accumulation] | None = Non
                                            "the input factor was summed from)", rank_bound,
                                            "Pass Curvature.positions[layer], or None for no bound."))
         rank_bound = bound
+    cached = F._cache.get("psd_projection")
+    if cached is not None and cached[0] == _versions(F):
+        return F, cached[1]
     acc = accumulation or {}
     G, eigh_g = _psd_factor(F.G, acc.get("G"), name="the output factor G of a curvature")
     A, eigh_a = _psd_factor(F.A, acc.get("A"), name="the input factor A of a curvature", rank_bound=rank_bound)
-    return Kron(G, A), (eigh_g, eigh_a)
+    out, spectra = Kron(G, A), (eigh_g, eigh_a)
+    versions = _versions(out)
+    if versions is not None:  # inference tensors have no version counter: not cached
+        out._cache["psd_projection"] = (versions, spectra)
+    return out, spectra
+
+
+def _versions(F: Kron) -> tuple[int, int] | None:
+    """The in-place version counters of ``F``'s factors (None for inference-mode tensors)."""
+    try:
+        return F.G._version, F.A._version
+    except RuntimeError:
+        return None
 
 
 def positive_definite_nearest(total: KronSum, method: str, name: str) -> Kron:

@@ -734,12 +734,15 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     if curvature is None:
         curvature = kfac(model, X, y, fisher=fisher, batch_size=batch_size, device=device,
                          generator=generator, progress=progress)
-    scales, calibration_C = _calibrated_scales(model, curvature, scaling, wd, alpha0, beta0, tau0,
-                                               per_layer=per_layer, objective=objective, delta=delta)
+    # projected once: the calibration's posterior and the prior reuse the projections (psd_projected)
     rounding = getattr(curvature, "rounding", {})
     positions = getattr(curvature, "positions", {})
-    source = {name: psd_projected(curvature.factors[name], rounding.get(name), rank_bound=positions.get(name))[0]
-              for name in layers if name != head}
+    projected = {name: psd_projected(F, rounding.get(name), rank_bound=positions.get(name))[0]
+                 for name, F in curvature.factors.items()}
+    scales, calibration_C = _calibrated_scales(model, projected, curvature.nll_sum, int(curvature.n_samples),
+                                               scaling, wd, alpha0, beta0, tau0, per_layer=per_layer,
+                                               objective=objective, delta=delta)
+    source = {name: projected[name] for name in layers if name != head}
     templates = LayerwiseGaussian.isotropic(model, wd).groups.values()  # means at theta_s, float64
     if head is not None:
         device = curvature.factors[head].device
@@ -818,8 +821,9 @@ def _approximation_record(record: Mapping[str, tuple[float, bool]]) -> dict[str,
             "precision_exact": {k: v[1] for k, v in record.items()}}
 
 
-def _calibrated_scales(model: nn.Module, curvature: Any, scaling: str, weight_decay: float, alpha0: float,
-                       beta0: float, tau0: float, *, per_layer: bool, objective: str,
+def _calibrated_scales(model: nn.Module, factors: Mapping[str, Kron], nll_sum: float | None, n_source: int,
+                       scaling: str, weight_decay: float, alpha0: float, beta0: float, tau0: float, *,
+                       per_layer: bool, objective: str,
                        delta: float) -> tuple[dict[str, tuple[float, float, float]], float | None]:
     """``(alpha_0, beta_0, tau_0)`` per group name, as given or calibrated on the source data, and
     Catoni's constant of the calibrated bound (``None`` unless ``scaling="pac-bayes"`` with Catoni).
@@ -834,17 +838,17 @@ def _calibrated_scales(model: nn.Module, curvature: Any, scaling: str, weight_de
     names = [g.name for g in LayerwiseGaussian.isotropic(model, weight_decay)]
     if scaling == "fixed":
         return {k: (alpha0, beta0, tau0) for k in names}, None
-    if curvature.nll_sum is None:
+    if nll_sum is None:
         raise ValueError(error_message(f"the source data of learn_prior(scaling={scaling!r})",
                                        "labelled (the calibration needs the source NLL)", "no labels y",
                                        "Pass y, or use scaling='fixed'."))
     hyper = isotropic_prior(model, weight_decay=weight_decay, zero_mean=True)
-    source = posterior(hyper, curvature, model, prior_scale=alpha0, likelihood_scale=beta0, temperature=tau0)
+    source = posterior(hyper, factors, model, prior_scale=alpha0, likelihood_scale=beta0, temperature=tau0)
     if scaling == "pac-bayes":
-        tuned = tune_pac_bayes(source, nll_sum=float(curvature.nll_sum), n=int(curvature.n_samples),
+        tuned = tune_pac_bayes(source, nll_sum=float(nll_sum), n=n_source,
                                objective=objective, delta=delta, per_layer=per_layer)
     else:
-        tuned = tune_marglik(source, nll_sum=float(curvature.nll_sum), per_layer=per_layer)
+        tuned = tune_marglik(source, nll_sum=float(nll_sum), per_layer=per_layer)
     logger.info("learn_prior: %s calibration, objective %.4g -> %.4g", scaling, tuned.objective_start,
                 tuned.objective_best)
     return {k: (float(tuned.prior_scale[k]), float(tuned.likelihood_scale[k]), float(tuned.temperature[k]))

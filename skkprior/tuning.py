@@ -223,6 +223,9 @@ class TuningResult:
         Objective per step (or per grid point).
     C : float or None
         Catoni's constant at the optimum (Catoni objective only).
+    accuracy : list of float
+        :func:`tune_validation` only: the held-out accuracy of every grid point, in the order of
+        ``history`` (NaN where the predictive overflowed).
     """
 
     posterior: Any
@@ -233,6 +236,7 @@ class TuningResult:
     objective_best: float
     history: list[float] = field(default_factory=list)
     C: float | None = None
+    accuracy: list[float] = field(default_factory=list)
 
 
 def tune_pac_bayes(posterior: Any, *, nll_sum: float, n: int, objective: ObjectiveName = "catoni",
@@ -381,7 +385,8 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
     """Pick ``(alpha, tau)`` on a grid by the predictive NLL on held-out data.
 
     The posterior's ``beta`` is kept. Returns the grid point with the lowest validation NLL;
-    ``history`` holds the NLL of every grid point in row-major order (prior scale outer).
+    ``history`` holds the NLL of every grid point in row-major order (prior scale outer) and
+    ``accuracy`` its held-out accuracy.
     """
     from .metrics import nll
     from .predictive import NonFiniteLogits, predict_proba_linearized, predict_proba_mc
@@ -390,6 +395,7 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
         raise ValueError(error_message("predictive", "'mc' or 'linearized'", predictive))
     y = torch.as_tensor(y_val)
     results = []
+    accuracies: list[float] = []
     skipped: list[str] = []
     for a in prior_scales:
         for t in temperatures:
@@ -403,11 +409,13 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
                 else:
                     proba = predict_proba_linearized(model, q, X_val, batch_size=batch_size)
                 value = float(nll(proba.cpu().numpy(), y.cpu().numpy()))
+                correct = float((proba.argmax(dim=1).cpu() == y.cpu()).to(torch.float64).mean())
             except NonFiniteLogits as exc:  # a grid point too broad to evaluate: never the best
                 skipped.append(f"(prior_scale {float(a):.3g}, temperature {float(t):.3g}): {exc}")
-                value = math.inf
+                value, correct = math.inf, math.nan
             # a NaN would make min() depend on the grid order; it ranks last like an overflow
             results.append((value if math.isfinite(value) else math.inf, float(a), float(t)))
+            accuracies.append(correct if math.isfinite(value) else math.nan)
     if skipped and len(skipped) < len(results):
         logger.warning("tune_validation: %d of %d grid points overflow and are skipped; first: %s",
                        len(skipped), len(results), skipped[0])
@@ -422,7 +430,8 @@ def tune_validation(posterior: Any, model: torch.nn.Module, X_val: Any, y_val: A
     tuned = posterior.with_scales(prior_scale=best[1], temperature=best[2])
     names = list(posterior.groups)
     return TuningResult(tuned, {k: best[1] for k in names}, dict(posterior.likelihood_scale),
-                        {k: best[2] for k in names}, start_nll, best[0], [r[0] for r in results])
+                        {k: best[2] for k in names}, start_nll, best[0], [r[0] for r in results],
+                        accuracy=accuracies)
 
 
 def _evidence_terms(posterior: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:

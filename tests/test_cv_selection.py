@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -47,8 +48,8 @@ def wrong_prior():
 def test_cv_drops_a_strong_wrong_prior(wrong_prior):
     X, y = _blobs(20, 2)
     clf = KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=3, source_weights=(0.0, 1.0),
-                                   random_state=0, **FAST).fit(X, y)
-    assert clf.scales_["source_weight"] == 0.0
+                                   cv_zero_mean=False, random_state=0, **FAST).fit(X, y)
+    assert clf.scales_["source_weight"] == 0.0 and not clf.scales_["zero_mean"]
     # the prior trained under is the re-weighted one: the isotropic prior with the (wrong) learned mean
     assert clf.prior_.metadata["calibration"]["likelihood_scale"]["net.0"] == 0.0
     means = {w: min(r["mean_nll"] for r in clf.cv_results_ if r["source_weight"] == w) for w in (0.0, 1.0)}
@@ -57,23 +58,93 @@ def test_cv_drops_a_strong_wrong_prior(wrong_prior):
     assert clf.score(X_test, y_test) > 0.9
 
 
-def test_chosen_scales_are_the_best_mean_nll(wrong_prior):
+@pytest.mark.parametrize("scoring", ["nll", "accuracy"])
+def test_chosen_scales_are_the_best_held_out_score(wrong_prior, scoring):
     X, y = _blobs(6, 4)
     clf = KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=3, source_weights=(0.0, 0.1, 1.0),
-                                   random_state=1, **FAST).fit(X, y)
+                                   cv_scoring=scoring, random_state=1, **FAST).fit(X, y)
     res = clf.cv_results_
-    assert len(res) == 3 * GRID
+    assert len(res) == 4 * GRID  # three source weights and the zero-mean prior
+    assert [r["zero_mean"] for r in res[::GRID]] == [False, False, False, True]
+    sizes = np.full(3, 6)  # 18 examples, 3 stratified folds of 2 per class
     for r in res:
-        assert len(r["fold_nll"]) == 3
+        assert len(r["fold_nll"]) == 3 and len(r["fold_accuracy"]) == 3
         assert r["mean_nll"] == pytest.approx(float(np.mean(r["fold_nll"])), rel=1e-12)
-    best = min(res, key=lambda r: r["mean_nll"])
-    for key in ("source_weight", "prior_scale", "likelihood_scale", "temperature", "mean_nll"):
+        assert r["mean_accuracy"] == pytest.approx(float(np.dot(r["fold_accuracy"], sizes) / 18), rel=1e-12)
+        assert all(v * 6 == pytest.approx(round(v * 6), abs=1e-9) for v in r["fold_accuracy"])  # counts
+    if scoring == "nll":
+        best = min(res, key=lambda r: r["mean_nll"])
+    else:
+        top = max(r["mean_accuracy"] for r in res)
+        best = min((r for r in res if r["mean_accuracy"] == pytest.approx(top, abs=1e-9)),
+                   key=lambda r: r["mean_nll"])
+    for key in ("source_weight", "zero_mean", "prior_scale", "likelihood_scale", "temperature", "mean_nll",
+                "mean_accuracy"):
         assert clf.scales_[key] == best[key]
-    assert clf.scales_["n_folds"] == 3
+    assert clf.scales_["n_folds"] == 3 and clf.scales_["scoring"] == scoring
     # the predictive posterior is at the chosen scales
     g = clf.posterior_.groups["net.0"]
     assert float(g.temperature) == pytest.approx(best["temperature"], rel=1e-12)
     assert float(g.precision.alpha) == pytest.approx(best["prior_scale"], rel=1e-12)
+
+
+def _row(nll: float, acc: float) -> dict:
+    return {"mean_nll": nll, "mean_accuracy": acc}
+
+
+def test_cv_choice_on_known_scores():
+    """The rule on hand-made scores: accuracy first (as counts), NLL breaks ties, overflow last."""
+    # the nearly uniform predictive (NLL ln 3, at chance) beats confident, mostly right ones on NLL only
+    rows = [_row(1.20, 0.80), _row(1.0986, 1 / 3), _row(1.15, 0.80), _row(1.30, 0.70)]
+    assert base.cv_choice(rows, "nll", n_held_out=30) == 1
+    assert base.cv_choice(rows, "accuracy", n_held_out=30) == 2  # 24 of 30 right twice; lower NLL wins
+    # accuracies that differ by rounding only are the same count: the NLL decides
+    rows = [_row(0.9, 0.8 + 1e-12), _row(0.5, 0.8 - 1e-12)]
+    assert base.cv_choice(rows, "accuracy", n_held_out=30) == 1
+    # an overflowing point (infinite NLL, NaN accuracy) is never chosen while another exists
+    rows = [_row(math.inf, math.nan), _row(2.0, 0.1)]
+    assert base.cv_choice(rows, "accuracy", n_held_out=10) == 1 and base.cv_choice(rows, "nll", n_held_out=10) == 1
+    # full ties: the first in grid order
+    assert base.cv_choice([_row(1.0, 0.5), _row(1.0, 0.5)], "accuracy", n_held_out=10) == 0
+    with pytest.raises(ValueError, match="cv_scoring"):
+        base.cv_choice(rows, "brier", n_held_out=10)
+
+
+def test_cv_chooses_the_zero_mean_prior_when_the_learned_mean_pins_a_wrong_network():
+    """Known answer: a learned prior whose mean predicts the wrong classes, with a floor so sharp
+    (delta = 1e3) that every member with the learned mean pins the network there; only the zero-mean
+    member N(0, weight_decay^-1 I) can learn the task, and cross-validation must find it."""
+    X, y = _blobs(100, 1)
+    torch.manual_seed(0)
+    net = MLP(2, 3, hidden_sizes=(8,))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    wrong = torch.from_numpy((y + 1) % 3)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(torch.from_numpy(X)), wrong).backward()
+        opt.step()
+    pinned = learn_prior(net, torch.from_numpy(X), wrong, weight_decay=1e3, progress=False)
+    X, y = _blobs(8, 2)
+    X_test, y_test = _blobs(100, 3)
+    kw = dict(prior=pinned, scaling="cv", cv=4, source_weights=(0.0, 1.0), random_state=0, **FAST)
+    with_zero = KroneckerPriorClassifier(MLP, **kw).fit(X, y)
+    assert with_zero.scales_["zero_mean"] and with_zero.scales_["source_weight"] is None
+    for g in with_zero.prior_.groups.values():  # the network trained under the zero-mean prior
+        assert torch.count_nonzero(g.mean) == 0
+    assert with_zero.score(X_test, y_test) > 0.9
+    without = KroneckerPriorClassifier(MLP, **kw, cv_zero_mean=False).fit(X, y)
+    assert not any(r["zero_mean"] for r in without.cv_results_)
+    assert without.score(X_test, y_test) < 0.6  # the learned mean pins the wrong network
+
+
+def test_zero_mean_member_only_for_a_reweightable_learned_prior(wrong_prior):
+    X, y = _blobs(4, 5)
+    kw = dict(scaling="cv", cv=2, random_state=0, **{**FAST, "max_epochs": 2})
+    iso = learn_prior(MLP(2, 3, hidden_sizes=(8,)), torch.from_numpy(X), torch.from_numpy(y), kind="isotropic",
+                      weight_decay=0.01, progress=False)
+    for prior in (None, iso):  # scored as they are
+        clf = KroneckerPriorClassifier(MLP, prior=prior, **kw).fit(X, y)
+        assert len(clf.cv_results_) == GRID and not any(r["zero_mean"] for r in clf.cv_results_)
 
 
 def test_every_score_is_computed_on_held_out_data_only(wrong_prior, monkeypatch):
@@ -101,12 +172,12 @@ def test_every_score_is_computed_on_held_out_data_only(wrong_prior, monkeypatch)
     monkeypatch.setattr(base, "tune_validation", spy_tune)
     KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=5, source_weights=(0.0, 1.0), random_state=0,
                              **{**FAST, "max_epochs": 3}).fit(X, y)
-    assert len(scored) == 5 * 2 and len(trained) == 5 * 2 + 1
+    assert len(scored) == 5 * 3 and len(trained) == 5 * 3 + 1  # weights 0 and 1, and the zero mean
     for fit_rows, held_out in zip(trained[:-1], scored):
         assert fit_rows.isdisjoint(held_out)
         assert fit_rows | held_out == set(range(len(y)))
-    for w in range(2):
-        per_weight = scored[w::2]
+    for w in range(3):
+        per_weight = scored[w::3]
         assert sorted(i for s in per_weight for i in s) == list(range(len(y)))
     assert trained[-1] == set(range(len(y)))  # the refit uses all data
 
@@ -132,7 +203,7 @@ def test_one_and_two_shot_data_run(wrong_prior, shots, learned, caplog):
         clf = KroneckerPriorClassifier(MLP, prior=prior, scaling="cv", cv=5, source_weights=(0.0, 1.0),
                                        random_state=0, **{**FAST, "max_epochs": 5}).fit(X, y)
     assert clf.scales_["n_folds"] == (3 if shots == 1 else 2)
-    assert len(clf.cv_results_) == (2 if learned else 1) * GRID
+    assert len(clf.cv_results_) == (3 if learned else 1) * GRID
     if not learned:  # the zero-mean isotropic prior: no source-weight axis
         assert {r["source_weight"] for r in clf.cv_results_} == {None}
     assert ("single example" in caplog.text) == (shots == 1)
@@ -160,7 +231,8 @@ def test_cv_parameters_are_validated_and_listed():
     clf = KroneckerPriorClassifier(scaling="cv", cv=4, source_weights=(0.0, 1.0))
     assert clf.get_params()["cv"] == 4 and clf.get_params()["source_weights"] == (0.0, 1.0)
     X, y = _blobs(3, 9)
-    for bad in ({"cv": 1}, {"cv": 2.5}, {"source_weights": ()}, {"source_weights": (-1.0,)}):
+    for bad in ({"cv": 1}, {"cv": 2.5}, {"source_weights": ()}, {"source_weights": (-1.0,)},
+                {"cv_scoring": "brier"}, {"cv_zero_mean": "yes"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             KroneckerPriorClassifier(scaling="cv", device="cpu", **bad).fit(X, y)
 

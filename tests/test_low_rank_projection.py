@@ -229,3 +229,46 @@ def test_low_rank_route_declines_overflowing_products():
     M = (unit / unit.abs().max()) * 1.5e308  # finite, largest entry 1.5e308
     assert bool(torch.isfinite(M).all())
     assert kron._low_rank_psd(M, 2 + kron._LOW_RANK_OVERSAMPLING, None, DT) is None
+
+
+def test_a_projection_is_its_own_projection_until_modified(monkeypatch):
+    """psd_projected of its own result returns it and its eigendecompositions without a new eigh;
+    an in-place change of a factor invalidates that (the factor is projected again)."""
+    gen = torch.Generator().manual_seed(1)
+    G, A = random_spd(3, generator=gen), random_spd(5, generator=gen)
+    F, spectra = psd_projected(Kron(G, A))
+    calls = []
+    real = kron._psd_factor
+    monkeypatch.setattr(kron, "_psd_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again, spectra_again = psd_projected(F)
+    assert again is F and spectra_again is spectra and not calls
+    F.A.mul_(2.0)
+    moved, (_, (f_a, _)) = psd_projected(F)
+    assert len(calls) == 2 and moved is not F
+    torch.testing.assert_close(f_a, 2.0 * spectra[1][0], rtol=1e-12, atol=1e-12)
+
+
+def test_learn_prior_projects_each_source_factor_once(monkeypatch):
+    """The calibration's source posterior and the prior's factors share one projection per factor."""
+    from skkprior import learn_prior
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    curv = kfac(net, X, y, progress=False)
+    calls = []
+    real = kron._psd_factor
+    monkeypatch.setattr(kron, "_psd_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prior = learn_prior(net, X, y, curvature=curv, weight_decay=0.1, scaling="pac-bayes")
+    assert len(calls) == 2 * 2  # G and A of both layers, once each
+    # the same prior as from a fresh projection (the factors it keeps are the projected ones)
+    for name, F in curv.factors.items():
+        ref = psd_projected(F, curv.rounding.get(name), rank_bound=curv.positions.get(name))[0]
+        torch.testing.assert_close(prior.source_factors[name].to_dense(), ref.to_dense(), rtol=0, atol=0)
+
+
+def test_projection_under_inference_mode_is_not_cached():
+    with torch.inference_mode():
+        F, spectra = psd_projected(Kron(torch.eye(2, dtype=torch.float64), torch.eye(3, dtype=torch.float64)))
+        again, _ = psd_projected(F)
+    assert "psd_projection" not in F._cache and again is not F

@@ -302,6 +302,28 @@ def cv_folds(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_splits)]
 
 
+def cv_choice(results: list[dict[str, Any]], scoring: str, *, n_held_out: int) -> int:
+    """The index of the grid point ``scaling="cv"`` chooses from ``results`` (``cv_results_`` rows).
+
+    ``scoring="accuracy"``: the most held-out examples classified correctly (counted, so equal
+    accuracies tie exactly), ties broken by the lower mean held-out NLL; ``"nll"``: the lowest
+    mean held-out NLL. Points whose predictive overflowed on a fold (infinite NLL) come last;
+    remaining ties go to the first point in grid order.
+    """
+    if scoring not in ("accuracy", "nll"):
+        raise ValueError(error_message("cv_scoring", "'accuracy' or 'nll'", scoring))
+
+    def key(i: int) -> tuple[Any, ...]:
+        r = results[i]
+        overflow = not math.isfinite(r["mean_nll"])
+        if scoring == "nll":
+            return (overflow, r["mean_nll"], i)
+        correct = -1 if overflow else round(r["mean_accuracy"] * n_held_out)
+        return (overflow, -correct, r["mean_nll"], i)
+
+    return min(range(len(results)), key=key)
+
+
 def scale_posterior(post: KroneckerPosterior, scaling: str, *, model: nn.Module, curvature: Curvature, n: int,
                     X_val: np.ndarray, y_val: np.ndarray, prior_scale: float = 1.0, temperature: float = 1.0,
                     predictive: str = "mc", n_samples: int = 30, generator: torch.Generator | None = None,
@@ -708,50 +730,74 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         return prior.reweighted(likelihood_scale={k: weight * float(v) for k, v in learned.items()
                                                   if k in prior.groups})
 
+    def _cv_members(self, prior: KroneckerPrior, module: nn.Module) -> list[tuple[float | None, bool, KroneckerPrior]]:
+        """The prior family ``scaling="cv"`` scores: ``(source weight, zero mean, prior)`` per member.
+
+        The learned prior re-weighted by each of ``source_weights`` (:meth:`_prior_weights`) and,
+        for a re-weightable learned prior with ``cv_zero_mean``, the zero-mean isotropic prior
+        ``N(0, weight_decay^-1 I)`` of ``prior=None`` (source weight None), so the family holds
+        both isotropic priors a learned one is compared with. A prior without the source-weight
+        axis (isotropic, or a continual hand-over) is scored as it is: choosing a zero mean there
+        would let one task's held-out folds discard what earlier tasks taught.
+        """
+        weights = self._prior_weights(prior)
+        members = [(w, False, self._weighted_prior(prior, w)) for w in weights]
+        if weights != [None] and self.cv_zero_mean:
+            zero = isotropic_prior(module, weight_decay=self.weight_decay).match(module).to(self.device_)
+            members.append((None, True, zero))
+        return members
+
     def _cross_validated_task(self, model: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray,
                               task: int) -> TaskFit:
-        """``scaling="cv"``: choose ``(source weight, alpha, tau)`` by k-fold cross-validation, refit on all data.
+        """``scaling="cv"``: choose ``(prior member, alpha, tau)`` by k-fold cross-validation, refit on all data.
 
-        Per fold and per source weight: the MAP on the other folds under the re-weighted prior
-        (from ``model``'s starting weights), its curvature and Laplace posterior, and the
-        predictive NLL of every grid point on the held-out fold (:func:`tune_validation`, the
-        grid of ``scaling="validation"``; the held-out draws from stream ``validation`` at
-        ``(task, fold)``, common to all source weights). The grid point of the lowest NLL
-        averaged over the folds wins; the network is then trained on all data under its prior.
+        Per fold and per member of the prior family (:meth:`_cv_members`): the MAP on the other
+        folds under that prior (from ``model``'s starting weights), its curvature and Laplace
+        posterior, and the predictive NLL and accuracy of every grid point on the held-out fold
+        (:func:`tune_validation`, the grid of ``scaling="validation"``; the held-out draws from
+        stream ``validation`` at ``(task, fold)``, common to all members). The winner
+        (:func:`cv_choice`, by ``cv_scoring``) is refitted on all data under its prior.
         """
         alpha, beta, tau = self._given_scales()
         start = copy.deepcopy(model)
         folds = cv_folds(y, self.cv, self._seeds.seed32("folds", task))
-        weights = self._prior_weights(prior)
-        priors = {i: self._weighted_prior(prior, w) for i, w in enumerate(weights)}
+        members = self._cv_members(prior, model)
         prior_scales = [alpha * g for g in VALIDATION_PRIOR_GRID]
         temperatures = [tau * g for g in VALIDATION_TEMPERATURE_GRID]
-        scores = np.full((len(weights), len(prior_scales) * len(temperatures), len(folds)), np.inf)
+        shape = (len(members), len(prior_scales) * len(temperatures), len(folds))
+        nlls, accuracies = np.full(shape, np.inf), np.full(shape, np.nan)
         for f, (train, held_out) in enumerate(folds):
-            for i in range(len(weights)):
+            for i, (_, _, member) in enumerate(members):
                 module = copy.deepcopy(start)
-                self._train(module, X[train], y[train], self._map_loss(priors[i], len(train), alpha / beta), task)
+                self._train(module, X[train], y[train], self._map_loss(member, len(train), alpha / beta), task)
                 module.eval()
                 curvature = self._curvature(module, X[train], y[train], task)
-                laplace = posterior(priors[i], curvature, module, prior_scale=alpha, likelihood_scale=beta,
+                laplace = posterior(member, curvature, module, prior_scale=alpha, likelihood_scale=beta,
                                     temperature=tau)
                 result = tune_validation(laplace, module, torch.from_numpy(X[held_out]),
                                          torch.from_numpy(y[held_out]), prior_scales=prior_scales,
                                          temperatures=temperatures, n_samples=min(self.n_samples, 30),
                                          generator=self._seeds.generator("validation", task, f, device=self.device_),
                                          predictive="linearized" if self.predictive == "linearized" else "mc")
-                scores[i, :, f] = result.history
+                nlls[i, :, f] = result.history
+                accuracies[i, :, f] = result.accuracy
+        sizes = np.array([len(held_out) for _, held_out in folds])
         results = []
-        for i, w in enumerate(weights):
+        for i, (w, zero_mean, _) in enumerate(members):
             for j, (a, t) in enumerate((a, t) for a in prior_scales for t in temperatures):
-                results.append({"source_weight": w, "prior_scale": float(a), "likelihood_scale": float(beta),
-                                "temperature": float(t), "mean_nll": float(scores[i, j].mean()),
-                                "fold_nll": [float(v) for v in scores[i, j]]})
-        best = min(range(len(results)), key=lambda r: results[r]["mean_nll"])  # first of ties: grid order
-        choice = {k: results[best][k] for k in ("source_weight", "prior_scale", "likelihood_scale", "temperature")}
-        choice.update(mean_nll=results[best]["mean_nll"], n_folds=len(folds))
-        logger.info("scaling='cv': %d folds, %d source weights; chose %s", len(folds), len(weights), choice)
-        chosen = priors[weights.index(choice["source_weight"])]
+                results.append({"source_weight": w, "zero_mean": zero_mean, "prior_scale": float(a),
+                                "likelihood_scale": float(beta), "temperature": float(t),
+                                "mean_nll": float(nlls[i, j].mean()),
+                                # every example is held out once: the accuracy over all of them
+                                "mean_accuracy": float((accuracies[i, j] * sizes).sum() / sizes.sum()),
+                                "fold_nll": [float(v) for v in nlls[i, j]],
+                                "fold_accuracy": [float(v) for v in accuracies[i, j]]})
+        best = cv_choice(results, self.cv_scoring, n_held_out=int(sizes.sum()))
+        choice = {k: results[best][k] for k in ("source_weight", "zero_mean", "prior_scale", "likelihood_scale",
+                                                "temperature", "mean_nll", "mean_accuracy")}
+        choice.update(n_folds=len(folds), scoring=self.cv_scoring)
+        logger.info("scaling='cv': %d folds, %d prior members; chose %s", len(folds), len(members), choice)
+        chosen = members[best // (len(prior_scales) * len(temperatures))][2]
         history = self._train(model, X, y, self._map_loss(chosen, len(y), alpha / beta), task)
         model.eval()
         curvature = self._curvature(model, X, y, task)

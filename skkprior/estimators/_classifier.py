@@ -55,23 +55,34 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
     validation_fraction : float, default=0.1
         Held-out fraction for ``scaling="validation"``.
     cv : int, default=5
-        Folds of ``scaling="cv"``. Every grid point is scored by its predictive NLL on held-out
-        folds only, averaged over the folds; the best is refitted on all data. The grid is that
-        of ``"validation"`` (12 points) and, for a learned prior that can be re-weighted
-        (:meth:`~skkprior.laplace.KroneckerPrior.reweighted`), also the weight of the source
-        curvature in the prior, ``beta_0`` times each of ``source_weights`` (0: the isotropic
+        Folds of ``scaling="cv"``. Every grid point is scored on held-out folds only (by
+        ``cv_scoring``); the best is refitted on all data. The grid is that of ``"validation"``
+        (12 points) and, for a learned prior that can be re-weighted
+        (:meth:`~skkprior.laplace.KroneckerPrior.reweighted`), also a prior axis: the weight of
+        the source curvature, ``beta_0`` times each of ``source_weights`` (0: the isotropic
         prior with the learned mean at the plain floor, ``N(theta_s, delta^-1 I)``, whatever
-        ``alpha_0``, ``tau_0`` the calibration chose, so the family contains that isotropic
-        prior). An isotropic prior (or a continual hand-over) has no such
-        axis. Cost: ``k * len(source_weights)`` MAP fits, curvature passes and posteriors
-        (``k`` for a prior without the axis), ``12`` predictive evaluations on a held-out fold
-        each, and 1 refit. Folds are stratified and shuffled by ``random_state``, ``k =
-        min(cv, smallest class count)``; with a class of a single example (1-shot),
-        ``min(cv, n)`` folds that hold out each class once (that class is then missing from the
-        fold's training data; a warning is logged).
+        ``alpha_0``, ``tau_0`` the calibration chose), and with ``cv_zero_mean`` the zero-mean
+        prior ``N(0, weight_decay^-1 I)`` of ``prior=None``, so the family contains both
+        isotropic priors. An isotropic prior (or a continual hand-over) has no such axis.
+        Cost: ``k * m`` MAP fits, curvature passes and posteriors (``m`` prior members, 1
+        without the axis), ``12`` predictive evaluations on a held-out fold each, and 1 refit.
+        Folds are stratified and shuffled by ``random_state``, ``k = min(cv, smallest class
+        count)``; with a class of a single example (1-shot), ``min(cv, n)`` folds that hold out
+        each class once (that class is then missing from the fold's training data; a warning is
+        logged).
     source_weights : sequence of float, default=(0.0, 0.01, 0.1, 1.0)
         ``scaling="cv"`` with a re-weightable learned prior: the multipliers of its learned
         ``beta_0`` that are scored (each needs a MAP fit per fold).
+    cv_scoring : {"accuracy", "nll"}, default="accuracy"
+        What ``scaling="cv"`` maximizes over the held-out folds: the number of held-out examples
+        classified correctly, ties broken by the lower mean held-out NLL (as scikit-learn's
+        cross-validation scores a classifier by accuracy; the NLL picks the scales among equally
+        accurate points); or the mean held-out NLL alone. With a few examples per class the NLL
+        can prefer a posterior so broad that its predictive is nearly uniform, at chance
+        accuracy (measured: see the relatedness example).
+    cv_zero_mean : bool, default=True
+        ``scaling="cv"`` with a re-weightable learned prior: also score the zero-mean prior
+        ``N(0, weight_decay^-1 I)`` (trained from the same start), one more MAP fit per fold.
     fisher : {"mc", "exact", "empirical"}, default="mc"
         Fisher type of the curvature.
     curvature : {"kfac", "kfoc", "diag"}, default="kfac"
@@ -114,12 +125,13 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
     history_ : list of dict
         skorch's training history of the last task.
     cv_results_ : list of dict
-        ``scaling="cv"`` only: per grid point ``source_weight`` (None without the prior-weight
-        axis), ``prior_scale``, ``likelihood_scale``, ``temperature``, ``mean_nll`` and
-        ``fold_nll`` (the held-out NLL of each fold), of the last task.
+        ``scaling="cv"`` only: per grid point ``source_weight`` (None without the prior axis and
+        for the zero-mean member), ``zero_mean``, ``prior_scale``, ``likelihood_scale``,
+        ``temperature``, ``mean_nll`` and ``mean_accuracy`` (over all held-out examples),
+        ``fold_nll`` and ``fold_accuracy`` (per fold), of the last task.
     scales_ : dict
-        ``scaling="cv"`` only: the chosen grid point (the keys of ``cv_results_`` but
-        ``fold_nll``, plus ``n_folds``); ``prior_`` is the prior at that source weight.
+        ``scaling="cv"`` only: the chosen grid point (the keys of ``cv_results_`` but the
+        per-fold lists, plus ``n_folds`` and ``scoring``); ``prior_`` is the chosen member.
     random_seed_ : int
         Entropy of the seed streams.
     device_ : torch.device
@@ -156,13 +168,16 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
                                    and not isinstance(v, str) and len(v) > 0 and all(
                                        isinstance(a, Real) and not isinstance(a, bool) and math.isfinite(a) and a >= 0
                                        for a in v)),
+        "cv_scoring": Options("accuracy", "nll"),
+        "cv_zero_mean": Anything("a bool", lambda v: isinstance(v, (bool, np.bool_))),
     }
 
     def __init__(self, module: type[nn.Module] | nn.Module | None = None, *,
                  prior: KroneckerPrior | str | os.PathLike | None = None, weight_decay: float = 1.0,
                  prior_scale: float = 1.0, likelihood_scale: float = 1.0, temperature: float = 1.0,
                  scaling: str = "validation", validation_fraction: float = 0.1, cv: int = 5,
-                 source_weights: tuple[float, ...] = CV_SOURCE_WEIGHTS, fisher: str = "mc",
+                 source_weights: tuple[float, ...] = CV_SOURCE_WEIGHTS, cv_scoring: str = "accuracy",
+                 cv_zero_mean: bool = True, fisher: str = "mc",
                  curvature: str = "kfac", predictive: str = "mc", n_samples: int = 100, max_epochs: int = 30,
                  lr: float = 1e-2, batch_size: int = 64,
                  optimizer: type[torch.optim.Optimizer] = torch.optim.Adam, callbacks: list | None = None,
@@ -178,6 +193,8 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
         self.validation_fraction = validation_fraction
         self.cv = cv
         self.source_weights = source_weights
+        self.cv_scoring = cv_scoring
+        self.cv_zero_mean = cv_zero_mean
         self.fisher = fisher
         self.curvature = curvature
         self.predictive = predictive

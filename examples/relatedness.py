@@ -76,7 +76,8 @@ INIT_RULE = ("every prior's MAP training starts from the source network's weight
              "learned and the learned-mean priors and leaves the source weights in place for the zero-mean prior "
              "and for the head, whose prior is N(0, 1/delta I) under all three priors")
 
-# shots: examples per class; pairs: "source>target" (targets: rot<degrees>, digits, fashion, animal);
+# shots: examples per class; pairs: "source>target" (targets: rot<degrees> (MNIST digits), frot<degrees>
+# (Fashion-MNIST test images), digits, fashion, animal);
 # prior_scaling / compression: the learned prior's construction (learn_prior); scaling: the estimator's
 # scale-selection rule, the same for every prior (cv_scoring: its score when scaling="cv"); relatedness: the x axis of the figure (probe,
 # confidence or zero_shot); probe_per_class: shots of the linear probe; fashion_*: source 2's training
@@ -210,24 +211,34 @@ def target_data(target: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
         X_pool, X_test, y_pool, y_test = train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
         degrees = float(target[3:])
         return rotate(X_pool, degrees), y_pool, rotate(X_test, degrees), y_test
+    if target.startswith("frot"):  # Fashion-MNIST test images: the Fashion CNN never trained on them
+        from sklearn.model_selection import train_test_split
+
+        _, _, X, y = load_fashion_mnist()
+        X_pool, X_test, y_pool, y_test = train_test_split(X, y, test_size=0.5, random_state=0, stratify=y)
+        degrees = float(target[4:])
+        return rotate(X_pool, degrees), y_pool, rotate(X_test, degrees), y_test
     if target == "digits":
         return load_digits_images(size=28)
     if target == "fashion":
         return load_fashion_mnist()
     if target == "animal":
         return load_animal_mnist()
-    raise ValueError(f"unknown target {target!r}: rot<degrees>, digits, fashion or animal")
+    raise ValueError(f"unknown target {target!r}: rot<degrees>, frot<degrees>, digits, fashion or animal")
 
 
 def target_label(target: str) -> str:
     if target.startswith("rot"):
         return f"MNIST {target[3:]}°"
+    if target.startswith("frot"):
+        return f"Fashion-MNIST {target[4:]}°"
     return {"digits": "sklearn digits 28x28", "fashion": "Fashion-MNIST", "animal": "Animal-MNIST"}[target]
 
 
 def labels_agree(source: str, target: str) -> bool:
     """Whether the source network's classes are the target's (digits 0 - 9 on both sides)."""
-    return source == "mnist" and (target.startswith("rot") or target == "digits")
+    return ((source == "mnist" and (target.startswith("rot") or target == "digits"))
+            or (source == "fashion" and target.startswith("frot")))
 
 
 @torch.no_grad()

@@ -123,6 +123,51 @@ def check_finite_tensor(tensor: torch.Tensor, name: str, *, fix: str = "") -> to
     return tensor
 
 
+def class_labels(y: Any, n: int) -> torch.Tensor:
+    """``y`` as int64 class indices on the CPU: 1-D, ``n`` of them (one per row of ``X``), integral,
+    non-negative (the range against the model's outputs: :func:`check_label_range`).
+
+    Floats are accepted only when every value is an integer (``1.0``, not ``0.7``, which
+    ``.long()`` would silently truncate to class 0).
+    """
+    if hasattr(y, "tocsr"):
+        raise TypeError(error_message("y", "a dense 1-D array of class labels", "a sparse matrix",
+                                      "Pass y.toarray().ravel()."))
+    try:
+        t = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(error_message("y", "a 1-D array or tensor of integer class labels",
+                                      type(y).__name__)) from exc
+    if t.ndim != 1 or t.shape[0] != n:
+        raise ValueError(error_message("y", f"a 1-D array of {n} labels (one per row of X)", describe(t),
+                                       "Pass one class index per example, e.g. y.ravel()."))
+    if n == 0:
+        raise ValueError(error_message("X and y", "at least one example", "0 examples"))
+    if t.is_floating_point():
+        integral = torch.isfinite(t) & (t == t.round())
+        if not bool(integral.all()):
+            bad = "[" + ", ".join(f"{v:.6g}" for v in t[~integral][:3].tolist()) + "]"
+            raise ValueError(error_message("y", "integer class labels 0 .. C-1 (floats only when integral)",
+                                           f"non-integral values such as {bad}",
+                                           "Encode the labels as class indices, e.g. with "
+                                           "sklearn.preprocessing.LabelEncoder."))
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(error_message("y", "integer class labels 0 .. C-1", describe(t),
+                                       "Encode the labels as class indices."))
+    t = t.to(torch.int64).cpu()
+    if bool((t < 0).any()):
+        raise ValueError(error_message("y", "labels in 0 .. C-1", f"a minimum of {int(t.min())}",
+                                       "Encode the labels as class indices 0 .. C-1."))
+    return t
+
+
+def check_label_range(y: torch.Tensor, n_classes: int) -> None:
+    """Raise unless every label of ``y`` (from :func:`class_labels`) is below ``n_classes``."""
+    if int(y.max()) >= n_classes:
+        raise ValueError(error_message("y", f"labels in 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
+                                       f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))
+
+
 def check_square(matrix: Any, name: str) -> torch.Tensor:
     """Check that ``matrix`` is a finite square 2-D floating-point tensor and return it.
 

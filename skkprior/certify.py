@@ -41,7 +41,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ._validation import check_probability, describe, error_message
+from ._validation import check_label_range, check_probability, class_labels, error_message
 from .bounds import Certificate, certificate_from_errors, paper_protocol_bound
 
 __all__ = ["certify"]
@@ -127,7 +127,7 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
                                       "It states that normalization statistics were fixed before the bound data."))
     refuse_data_dependent(model, posterior, frozen_statistics=frozen_statistics)
     X_t = torch.as_tensor(X)
-    y_t = _check_labels(y, X_t)
+    y_t = class_labels(y, int(X_t.shape[0]) if X_t.ndim else 0)
     n = int(y_t.shape[0])
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(error_message("passes", "a positive integer", passes))
@@ -137,7 +137,7 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     if protocol == "paper":
         proba = predict_proba_mc(model, posterior, X_t, n_samples=n_samples, generator=generator,
                                  batch_size=batch_size)
-        _check_label_range(y_t, int(proba.shape[1]))
+        check_label_range(y_t, int(proba.shape[1]))
         error = float((proba.argmax(dim=1).cpu() != y_t).double().mean())
         return paper_protocol_bound(error, kl_total, n, delta=delta, bound=bound,
                                     C=(C if C is not None else (1.0 if bound == "catoni" else None)),
@@ -147,50 +147,6 @@ def certify(model: nn.Module, posterior: Any, X: Any, y: Any, *, prior: Any = No
     return certificate_from_errors(int(n_errors), int(m), n, kl_total, delta=delta, delta_mc=delta_mc,
                                    union_size=union_size, bound=bound, kl_per_group=kl_groups,
                                    C=C, catoni_grid=catoni_grid)
-
-
-def _check_labels(y: Any, X: torch.Tensor) -> torch.Tensor:
-    """``y`` as int64 class indices on the CPU: 1-D, one per row of ``X``, integral, non-negative.
-
-    Floats are accepted only when every value is an integer (``1.0``, not ``0.7``, which
-    ``.long()`` would silently truncate to class 0).
-    """
-    if hasattr(y, "tocsr"):
-        raise TypeError(error_message("y", "a dense 1-D array of class labels", "a sparse matrix",
-                                      "Pass y.toarray().ravel()."))
-    try:
-        t = torch.as_tensor(y)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(error_message("y", "a 1-D array or tensor of integer class labels",
-                                      type(y).__name__)) from exc
-    n = int(X.shape[0]) if X.ndim else 0
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(error_message("y", f"a 1-D array of {n} labels (one per row of X)", describe(t),
-                                       "Pass one class index per example, e.g. y.ravel()."))
-    if n == 0:
-        raise ValueError(error_message("X and y", "at least one example", "0 examples"))
-    if t.is_floating_point():
-        integral = torch.isfinite(t) & (t == t.round())
-        if not bool(integral.all()):
-            bad = "[" + ", ".join(f"{v:.6g}" for v in t[~integral][:3].tolist()) + "]"
-            raise ValueError(error_message("y", "integer class labels 0 .. C-1 (floats only when integral)",
-                                           f"non-integral values such as {bad}",
-                                           "Encode the labels as class indices, e.g. with "
-                                           "sklearn.preprocessing.LabelEncoder."))
-    elif t.dtype == torch.bool or t.is_complex():
-        raise ValueError(error_message("y", "integer class labels 0 .. C-1", describe(t),
-                                       "Encode the labels as class indices."))
-    t = t.to(torch.int64).cpu()
-    if bool((t < 0).any()):
-        raise ValueError(error_message("y", "class labels 0 .. C-1", f"a minimum of {int(t.min())}",
-                                       "Encode the labels as class indices 0 .. C-1."))
-    return t
-
-
-def _check_label_range(y: torch.Tensor, n_classes: int) -> None:
-    if int(y.max()) >= n_classes:
-        raise ValueError(error_message("y", f"class labels 0 .. {n_classes - 1} (the model has {n_classes} outputs)",
-                                       f"a maximum of {int(y.max())}", "Encode the labels as 0 .. C-1."))
 
 
 def refuse_data_dependent(model: nn.Module, posterior: Any, *, frozen_statistics: bool = False,

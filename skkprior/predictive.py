@@ -93,7 +93,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ._layers import KroneckerLayer, split_layer_matrix
-from ._validation import check_finite_tensor, describe, error_message
+from ._validation import check_finite_tensor, check_label_range, class_labels, error_message
 from .gaussian import GaussianGroup, LayerwiseGaussian
 
 __all__ = [
@@ -1169,37 +1169,9 @@ def gibbs_error_count(model: nn.Module, gaussian: LayerwiseGaussian, X: Any, y: 
     """
     passes = _check_int(passes, "passes")
     X = _as_input(X)
-    y = _as_labels(y, X.shape[0])
-
-    def check_classes(n_classes: int) -> None:
-        if int(y.max()) >= n_classes:
-            raise ValueError(error_message("y", f"labels in 0 .. {n_classes - 1} (the model has {n_classes} "
-                                           "outputs)", f"a maximum of {int(y.max())}",
-                                           "Encode the labels as 0 .. C-1."))
+    y = class_labels(y, int(X.shape[0]))
 
     errors = _gibbs_logits(model, gaussian, X, passes=passes, generator=generator, batch_size=batch_size,
-                           method=method, device=device, check_classes=check_classes,
+                           method=method, device=device, check_classes=lambda c: check_label_range(y, c),
                            reduce=lambda t: int((t.argmax(dim=-1).cpu() != y).sum()))
     return sum(errors), passes * int(X.shape[0])
-
-
-def _as_labels(y: Any, n: int) -> torch.Tensor:
-    if hasattr(y, "tocsr"):
-        raise TypeError(error_message("y", "a dense 1-D array of labels", "a sparse matrix"))
-    try:
-        t = torch.as_tensor(y)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(error_message("y", "a 1-D array of integer labels", type(y).__name__)) from exc
-    if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(error_message("y", f"a 1-D array of {n} labels (one per row of X)", t))
-    if t.is_floating_point():
-        if not bool(torch.isfinite(t).all()) or not bool((t == t.round()).all()):
-            raise ValueError(error_message("y", "integer class labels", describe(t),
-                                           "Encode the labels as 0 .. C-1."))
-    elif t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(error_message("y", "integer class labels", t))
-    t = t.to(torch.int64).cpu()
-    if bool((t < 0).any()):
-        raise ValueError(error_message("y", "labels in 0 .. C-1", f"a minimum of {int(t.min())}",
-                                       "Encode the labels as 0 .. C-1."))
-    return t

@@ -4,9 +4,9 @@ Two source networks of the same architecture (:class:`skkprior.datasets.MnistCNN
 pretrained MNIST CNN with its prior learned on MNIST, and a CNN trained here on Fashion-MNIST
 with its prior learned on Fashion-MNIST. Targets in graded distance from the source (MNIST
 digits rotated by 0 - 180 degrees, scikit-learn's digits upsampled to 28x28, Fashion-MNIST,
-Animal-MNIST; for the Fashion CNN: Animal-MNIST and MNIST) are learned from a few examples per
-class under the learned prior, the isotropic prior with the learned mean and the zero-mean
-isotropic prior. Every fit starts from the source network's weights (the same initialization
+Animal-MNIST; for the Fashion CNN: rotated Fashion-MNIST test images, Animal-MNIST and MNIST) are
+learned from a few examples per class under the learned prior, the isotropic prior with the
+learned mean and the zero-mean isotropic prior. Every fit starts from the source network's weights (the same initialization
 for all three priors) and uses the same estimator settings and scale-selection rule. The
 learned prior's gain over the better isotropic prior (accuracy, NLL) is plotted against a
 relatedness number measured with the source network (a few-shot linear probe of its features,

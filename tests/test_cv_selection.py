@@ -28,11 +28,8 @@ def _blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-@pytest.fixture(scope="module")
-def wrong_prior():
-    """A learned prior centred at a network that predicts the *wrong* class (labels rotated) with
-    confidence, made very strong (beta_0 = 1e7: precision ~1e7 per weight; no head named, so the whole
-    network is pinned to it)."""
+def _wrong_network() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """``(net, X, wrong labels)``: a network trained to predict the *wrong* class (labels rotated)."""
     X, y = _blobs(100, 1)
     torch.manual_seed(0)
     net = MLP(2, 3, hidden_sizes=(8,))
@@ -42,7 +39,16 @@ def wrong_prior():
         opt.zero_grad()
         nn.functional.cross_entropy(net(torch.from_numpy(X)), wrong).backward()
         opt.step()
-    return learn_prior(net, torch.from_numpy(X), wrong, weight_decay=0.01, likelihood_scale=1e7, progress=False)
+    return net, torch.from_numpy(X), wrong
+
+
+@pytest.fixture(scope="module")
+def wrong_prior():
+    """A learned prior centred at a network that predicts the *wrong* class with confidence, made
+    very strong (beta_0 = 1e7: precision ~1e7 per weight; no head named, so the whole network is
+    pinned to it)."""
+    net, X, wrong = _wrong_network()
+    return learn_prior(net, X, wrong, weight_decay=0.01, likelihood_scale=1e7, progress=False)
 
 
 def test_cv_drops_a_strong_wrong_prior(wrong_prior):
@@ -114,16 +120,8 @@ def test_cv_chooses_the_zero_mean_prior_when_the_learned_mean_pins_a_wrong_netwo
     """Known answer: a learned prior whose mean predicts the wrong classes, with a floor so sharp
     (delta = 1e3) that every member with the learned mean pins the network there; only the zero-mean
     member N(0, weight_decay^-1 I) can learn the task, and cross-validation must find it."""
-    X, y = _blobs(100, 1)
-    torch.manual_seed(0)
-    net = MLP(2, 3, hidden_sizes=(8,))
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    wrong = torch.from_numpy((y + 1) % 3)
-    for _ in range(30):
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(torch.from_numpy(X)), wrong).backward()
-        opt.step()
-    pinned = learn_prior(net, torch.from_numpy(X), wrong, weight_decay=1e3, progress=False)
+    net, X, wrong = _wrong_network()
+    pinned = learn_prior(net, X, wrong, weight_decay=1e3, progress=False)
     X, y = _blobs(8, 2)
     X_test, y_test = _blobs(100, 3)
     kw = dict(prior=pinned, scaling="cv", cv=4, source_weights=(0.0, 1.0), random_state=0, **FAST)

@@ -57,6 +57,7 @@ from skkprior.datasets import (
     pretrained_mnist_cnn,
     subsample_per_class,
 )
+from skkprior.estimators._base import CV_SCORINGS, cv_choice  # the rule of scaling='cv'
 from skkprior.gaussian import FORMAT_VERSION
 from skkprior.metrics import evaluate
 
@@ -296,17 +297,17 @@ def make_classifier(net: MnistCNN, prior: Any, n_train: int, *, cfg: dict[str, A
     return KroneckerPriorClassifier(net, prior=prior, **settings)
 
 
-def cv_record(clf: KroneckerPriorClassifier) -> dict[str, Any] | None:
-    """``scaling="cv"``: the chosen prior member and scales (``scales_``), and the member and scales the
-    other score would have chosen from the same folds (``cv_results_``; not refitted). None otherwise."""
+def cv_record(clf: KroneckerPriorClassifier, n_train: int) -> dict[str, Any] | None:
+    """``scaling="cv"``: the chosen prior member and scales (``scales_``), and the member and scales each
+    scoring would have chosen from the same folds (``cv_results_``, every one of the ``n_train``
+    examples held out once; not refitted). None otherwise."""
     if not hasattr(clf, "scales_"):
         return None
     keys = ("source_weight", "zero_mean", "prior_scale", "temperature", "mean_accuracy", "mean_nll")
-    by_nll = min(clf.cv_results_, key=lambda r: r["mean_nll"])  # first of ties, as the estimator
-    by_accuracy = min(clf.cv_results_, key=lambda r: (-round(r["mean_accuracy"] * 1e6) if math.isfinite(
-        r["mean_nll"]) else math.inf, r["mean_nll"]))
+    rows = clf.cv_results_
     return {"chosen": {k: clf.scales_[k] for k in (*keys, "scoring")},
-            "by_nll": {k: by_nll[k] for k in keys}, "by_accuracy": {k: by_accuracy[k] for k in keys}}
+            **{f"by_{scoring}": {k: rows[cv_choice(rows, scoring, n_held_out=n_train)][k] for k in keys}
+               for scoring in CV_SCORINGS}}
 
 
 def check_init_rule(net: MnistCNN, priors: dict[str, Any], X: np.ndarray, y: np.ndarray, cfg: dict[str, Any],
@@ -398,7 +399,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  "prior_scale": float(next(iter(post.prior_scale.values()))),
                                  "temperature": float(next(iter(post.temperature.values()))),
                                  "train_loss": float(clf.history_[-1]["train_loss"]) if clf.history_ else None,
-                                 "cv": cv_record(clf), "seconds": time.perf_counter() - t0})
+                                 "cv": cv_record(clf, len(y)), "seconds": time.perf_counter() - t0})
                     r = runs[-1]
                     append_jsonl(progress, r)
                     logger.info("%s>%s k=%d seed=%d %-24s acc %.4f nll %.4f ece %.4f (%.1f s)", source, target, k,

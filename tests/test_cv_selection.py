@@ -64,7 +64,7 @@ def test_cv_drops_a_strong_wrong_prior(wrong_prior):
     assert clf.score(X_test, y_test) > 0.9
 
 
-@pytest.mark.parametrize("scoring", ["nll", "accuracy"])
+@pytest.mark.parametrize("scoring", ["nll", "accuracy", "nll-1se"])
 def test_chosen_scales_are_the_best_held_out_score(wrong_prior, scoring):
     X, y = _blobs(6, 4)
     clf = KroneckerPriorClassifier(MLP, prior=wrong_prior, scaling="cv", cv=3, source_weights=(0.0, 0.1, 1.0),
@@ -80,6 +80,10 @@ def test_chosen_scales_are_the_best_held_out_score(wrong_prior, scoring):
         assert all(v * 6 == pytest.approx(round(v * 6), abs=1e-9) for v in r["fold_accuracy"])  # counts
     if scoring == "nll":
         best = min(res, key=lambda r: r["mean_nll"])
+    elif scoring == "nll-1se":
+        top = max(r["mean_accuracy"] for r in res)
+        floor = top - np.sqrt(top * (1 - top) / 18)
+        best = min((r for r in res if r["mean_accuracy"] >= floor - 1e-9), key=lambda r: r["mean_nll"])
     else:
         top = max(r["mean_accuracy"] for r in res)
         best = min((r for r in res if r["mean_accuracy"] == pytest.approx(top, abs=1e-9)),
@@ -114,6 +118,25 @@ def test_cv_choice_on_known_scores():
     assert base.cv_choice([_row(1.0, 0.5), _row(1.0, 0.5)], "accuracy", n_held_out=10) == 0
     with pytest.raises(ValueError, match="cv_scoring"):
         base.cv_choice(rows, "brier", n_held_out=10)
+
+
+def test_cv_choice_one_standard_error_rule_on_known_scores():
+    """"nll-1se": the lowest NLL among points within one standard error of the best accuracy."""
+    # 50 held out, best 43 right (0.86): SE = sqrt(0.86 * 0.14 / 50) = 0.049, so >= 41 right is eligible
+    rows = [_row(0.60, 0.86), _row(0.45, 0.82), _row(0.30, 0.80), _row(2.2, 0.10)]
+    assert base.cv_choice(rows, "nll-1se", n_held_out=50) == 1  # 41 right: eligible, lowest NLL there
+    assert base.cv_choice(rows, "accuracy", n_held_out=50) == 0
+    assert base.cv_choice(rows, "nll", n_held_out=50) == 2  # 40 right: one example too few for 1se
+    # the near-uniform predictive with the lowest NLL (Fashion CNN > Animal-MNIST, seed 2) is excluded
+    rows = [_row(2.62, 0.12), _row(2.90, 0.44), _row(3.10, 0.48)]
+    assert base.cv_choice(rows, "nll", n_held_out=50) == 0
+    assert base.cv_choice(rows, "nll-1se", n_held_out=50) == 1  # 22 right >= 24 - 3.5
+    # a perfect best accuracy has no spread: only the perfect points are eligible
+    rows = [_row(0.3, 1.0), _row(0.1, 0.98)]
+    assert base.cv_choice(rows, "nll-1se", n_held_out=50) == 0
+    # overflowing points are never eligible
+    rows = [_row(math.inf, math.nan), _row(0.9, 0.5)]
+    assert base.cv_choice(rows, "nll-1se", n_held_out=10) == 1
 
 
 def test_cv_chooses_the_zero_mean_prior_when_the_learned_mean_pins_a_wrong_network():
@@ -230,7 +253,7 @@ def test_cv_parameters_are_validated_and_listed():
     assert clf.get_params()["cv"] == 4 and clf.get_params()["source_weights"] == (0.0, 1.0)
     X, y = _blobs(3, 9)
     for bad in ({"cv": 1}, {"cv": 2.5}, {"source_weights": ()}, {"source_weights": (-1.0,)},
-                {"cv_scoring": "brier"}, {"cv_zero_mean": "yes"}):
+                {"cv_scoring": "brier"}, {"cv_scoring": "1se"}, {"cv_zero_mean": "yes"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             KroneckerPriorClassifier(scaling="cv", device="cpu", **bad).fit(X, y)
 

@@ -302,24 +302,40 @@ def cv_folds(y: np.ndarray, cv: int, seed: int) -> list[tuple[np.ndarray, np.nda
     return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_splits)]
 
 
+CV_SCORINGS = ("accuracy", "nll", "nll-1se")
+
+
 def cv_choice(results: list[dict[str, Any]], scoring: str, *, n_held_out: int) -> int:
     """The index of the grid point ``scaling="cv"`` chooses from ``results`` (``cv_results_`` rows).
 
     ``scoring="accuracy"``: the most held-out examples classified correctly (counted, so equal
     accuracies tie exactly), ties broken by the lower mean held-out NLL; ``"nll"``: the lowest
-    mean held-out NLL. Points whose predictive overflowed on a fold (infinite NLL) come last;
-    remaining ties go to the first point in grid order.
+    mean held-out NLL; ``"nll-1se"``: the lowest mean held-out NLL among the points whose
+    held-out accuracy is within one standard error of the best, ``sqrt(a (1 - a) / n)`` for the
+    best accuracy ``a`` over the ``n = n_held_out`` examples (the one-standard-error rule: the
+    accuracy only excludes what is clearly worse, e.g. a near-uniform predictive, and the NLL,
+    a smoother score, decides among the rest). Points whose predictive overflowed on a fold
+    (infinite NLL) come last; remaining ties go to the first point in grid order.
     """
-    if scoring not in ("accuracy", "nll"):
-        raise ValueError(error_message("cv_scoring", "'accuracy' or 'nll'", scoring))
+    if scoring not in CV_SCORINGS:
+        raise ValueError(error_message("cv_scoring", f"one of {', '.join(map(repr, CV_SCORINGS))}", scoring))
+    finite = [math.isfinite(r["mean_nll"]) for r in results]
+
+    def correct(i: int) -> int:
+        return round(results[i]["mean_accuracy"] * n_held_out) if finite[i] else -1
+
+    if scoring == "nll-1se" and any(finite):
+        best = max(correct(i) for i in range(len(results))) / n_held_out
+        floor = best - math.sqrt(best * (1.0 - best) / n_held_out)
+        # counted like the accuracy itself: at least ceil(floor * n) examples right (float-safe)
+        needed = math.ceil(floor * n_held_out - 1e-9)
+        return min((i for i in range(len(results)) if finite[i] and correct(i) >= needed),
+                   key=lambda i: (results[i]["mean_nll"], i))
 
     def key(i: int) -> tuple[Any, ...]:
-        r = results[i]
-        overflow = not math.isfinite(r["mean_nll"])
         if scoring == "nll":
-            return (overflow, r["mean_nll"], i)
-        correct = -1 if overflow else round(r["mean_accuracy"] * n_held_out)
-        return (overflow, -correct, r["mean_nll"], i)
+            return (not finite[i], results[i]["mean_nll"], i)
+        return (not finite[i], -correct(i), results[i]["mean_nll"], i)
 
     return min(range(len(results)), key=key)
 

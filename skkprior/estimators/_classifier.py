@@ -15,7 +15,7 @@ from torch import nn
 
 from .._validation import error_message
 from ..laplace import KroneckerPrior
-from ._base import CV_SOURCE_WEIGHTS, Anything, BaseKroneckerEstimator, OpenUnit, Options, Positive
+from ._base import CV_SCORINGS, CV_SOURCE_WEIGHTS, Anything, BaseKroneckerEstimator, OpenUnit, Options, Positive
 
 
 class KroneckerPriorClassifier(BaseKroneckerEstimator):
@@ -73,13 +73,15 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
     source_weights : sequence of float, default=(0.0, 0.01, 0.1, 1.0)
         ``scaling="cv"`` with a re-weightable learned prior: the multipliers of its learned
         ``beta_0`` that are scored (each needs a MAP fit per fold).
-    cv_scoring : {"accuracy", "nll"}, default="accuracy"
-        What ``scaling="cv"`` maximizes over the held-out folds: the number of held-out examples
+    cv_scoring : {"accuracy", "nll", "nll-1se"}, default="accuracy"
+        What ``scaling="cv"`` optimizes over the held-out folds: the number of held-out examples
         classified correctly, ties broken by the lower mean held-out NLL (as scikit-learn's
         cross-validation scores a classifier by accuracy; the NLL picks the scales among equally
-        accurate points); or the mean held-out NLL alone. With a few examples per class the NLL
-        can prefer a posterior so broad that its predictive is nearly uniform, at chance
-        accuracy (measured: see the relatedness example).
+        accurate points); the mean held-out NLL alone; or the lowest mean held-out NLL among the
+        points within one standard error of the best held-out accuracy (the one-standard-error
+        rule). With a few examples per class the NLL alone can prefer a posterior so broad that
+        its predictive is nearly uniform, at chance accuracy, and the accuracy alone picks among
+        points one held-out example apart (measured: see the relatedness example).
     cv_zero_mean : bool, default=True
         ``scaling="cv"`` with a re-weightable learned prior: also score the zero-mean prior
         ``N(0, weight_decay^-1 I)`` (trained from the same start), one more MAP fit per fold.
@@ -168,7 +170,7 @@ class KroneckerPriorClassifier(BaseKroneckerEstimator):
                                    and not isinstance(v, str) and len(v) > 0 and all(
                                        isinstance(a, Real) and not isinstance(a, bool) and math.isfinite(a) and a >= 0
                                        for a in v)),
-        "cv_scoring": Options("accuracy", "nll"),
+        "cv_scoring": Options(*CV_SCORINGS),
         "cv_zero_mean": Anything("a bool", lambda v: isinstance(v, (bool, np.bool_))),
     }
 

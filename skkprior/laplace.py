@@ -742,7 +742,8 @@ def learn_prior(model: nn.Module, X: Any, y: Any = None, *, kind: Literal["krone
     scales, calibration_C = _calibrated_scales(model, projected, curvature.nll_sum, int(curvature.n_samples),
                                                scaling, wd, alpha0, beta0, tau0, per_layer=per_layer,
                                                objective=objective, delta=delta)
-    source = {name: projected[name] for name in layers if name != head}
+    # the prior keeps the projected factors, not their eigendecompositions (as much memory again)
+    source = {name: Kron(projected[name].G, projected[name].A) for name in layers if name != head}
     templates = LayerwiseGaussian.isotropic(model, wd).groups.values()  # means at theta_s, float64
     if head is not None:
         device = curvature.factors[head].device

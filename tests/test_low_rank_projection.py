@@ -261,6 +261,8 @@ def test_learn_prior_projects_each_source_factor_once(monkeypatch):
     monkeypatch.setattr(kron, "_psd_factor", lambda *a, **k: calls.append(1) or real(*a, **k))
     prior = learn_prior(net, X, y, curvature=curv, weight_decay=0.1, scaling="pac-bayes")
     assert len(calls) == 2 * 2  # G and A of both layers, once each
+    # the prior holds the factors, not their cached eigendecompositions
+    assert all("psd_projection" not in F._cache for F in prior.source_factors.values())
     # the same prior as from a fresh projection (the factors it keeps are the projected ones)
     for name, F in curv.factors.items():
         ref = psd_projected(F, curv.rounding.get(name), rank_bound=curv.positions.get(name))[0]

@@ -279,3 +279,24 @@ def test_cv_warns_when_a_learned_prior_cannot_be_reweighted(wrong_prior, caplog)
                                        **{**FAST, "max_epochs": 2}).fit(X, y)
     assert clf.scales_["source_weight"] is None
     assert "holds no source factors" in caplog.text
+
+
+def test_tune_validation_accuracy_is_each_grid_points_held_out_accuracy():
+    """TuningResult.accuracy: one entry per grid point, in the order of history (prior scale outer),
+    equal to the accuracy of that point's predictive (linearized: deterministic, recomputed here)."""
+    from skkprior import isotropic_prior, kfac, posterior
+    from skkprior.metrics import accuracy
+    from skkprior.predictive import predict_proba_linearized
+
+    X, y = _blobs(10, 11)
+    torch.manual_seed(0)
+    net = MLP(2, 3, hidden_sizes=(8,))
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    post = posterior(isotropic_prior(net, weight_decay=1.0), kfac(net, Xt, yt, progress=False), net)
+    scales, temps = (0.1, 10.0), (1.0, 0.01)
+    result = base.tune_validation(post, net, Xt, yt, prior_scales=scales, temperatures=temps,
+                                  predictive="linearized")
+    assert len(result.accuracy) == len(result.history) == 4
+    for value, (a, t) in zip(result.accuracy, [(a, t) for a in scales for t in temps]):
+        proba = predict_proba_linearized(net, post.with_scales(prior_scale=a, temperature=t), Xt)
+        assert value == pytest.approx(accuracy(proba.numpy(), y), abs=1e-12)

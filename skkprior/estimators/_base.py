@@ -594,10 +594,14 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
     def _resolve_prior(self, module: nn.Module) -> KroneckerPrior:
         prior = self.prior
         if prior is None:
-            prior = isotropic_prior(module, weight_decay=self.weight_decay)
-        elif isinstance(prior, (str, os.PathLike)):
+            return self._zero_mean_prior(module)
+        if isinstance(prior, (str, os.PathLike)):
             prior = KroneckerPrior.load(prior)
         return prior.match(module)
+
+    def _zero_mean_prior(self, module: nn.Module) -> KroneckerPrior:
+        """``N(0, weight_decay^-1 I)`` matched to ``module``: the prior of ``prior=None``."""
+        return isotropic_prior(module, weight_decay=self.weight_decay).match(module)
 
     def _init_at_prior_mean(self, module: nn.Module, prior: KroneckerPrior) -> None:
         """Initialize ``module`` at the prior mean, except groups whose prior mean is zero (new heads)."""
@@ -759,8 +763,7 @@ class BaseKroneckerEstimator(ClassifierMixin, BaseEstimator):
         weights = self._prior_weights(prior)
         members = [(w, False, self._weighted_prior(prior, w)) for w in weights]
         if weights != [None] and self.cv_zero_mean:
-            zero = isotropic_prior(module, weight_decay=self.weight_decay).match(module).to(self.device_)
-            members.append((None, True, zero))
+            members.append((None, True, self._zero_mean_prior(module).to(self.device_)))
         return members
 
     def _cross_validated_task(self, model: nn.Module, prior: KroneckerPrior, X: np.ndarray, y: np.ndarray,
